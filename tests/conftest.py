@@ -1,0 +1,119 @@
+"""Shared fixtures: writable caches, the repository, and throw-away Snakemake projects."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MINI = REPO / "resources" / "mini"
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+
+# numba (Cellpose, UMAP), matplotlib and Cellpose need writable folders; never the home.
+_CACHE = Path(tempfile.gettempdir()) / "gradcamo-test-cache"
+for _var, _sub in (
+    ("NUMBA_CACHE_DIR", "numba"),
+    ("MPLCONFIGDIR", "matplotlib"),
+    ("CELLPOSE_LOCAL_MODELS_PATH", "cellpose_models"),
+):
+    os.environ.setdefault(_var, str(_CACHE / _sub))
+    Path(os.environ[_var]).mkdir(parents=True, exist_ok=True)
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800):
+    """Run the repository's workflow in ``workdir`` (its own config/ and results/)."""
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+def write_project(workdir: Path, sheet_rows: list[dict], config_edits: dict | None = None) -> Path:
+    """A Snakemake project folder: config/config.yaml (repo defaults + edits) and samples.tsv."""
+    import pandas as pd
+    import yaml
+
+    (workdir / "config").mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for dotted, value in (config_edits or {}).items():
+        *parents, key = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is _DELETE:
+            node.pop(key, None)
+        else:
+            node[key] = value
+    config["samples"] = "config/samples.tsv"
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    pd.DataFrame(sheet_rows).to_csv(workdir / "config" / "samples.tsv", sep="\t", index=False)
+    return workdir
+
+
+class _Delete:
+    """Marker: remove a config key in :func:`write_project`."""
+
+
+_DELETE = _Delete()
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory) -> Path:
+    """A few small valid ZCYX z-stacks (random noise) for tests that only parse and validate."""
+    from gradcamo.io import write_labels, write_zstack
+
+    folder = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c", "d"):
+        write_zstack(folder / f"{name}.tif", rng.integers(100, 1000, (4, 5, 16, 16), dtype=np.uint16), CHANNELS)
+        labels = np.zeros((4, 16, 16), np.uint16)
+        labels[1:3, 4:10, 4:10] = 1
+        write_labels(folder / f"{name}_labels.tif", labels)
+    return folder
+
+
+@pytest.fixture
+def tiny_sheet(tiny_images) -> list[dict]:
+    """Sample-sheet rows: 2 wells × 2 sites, treatments DMSO and X, on the tiny images."""
+    rows = []
+    for well, treatment, names in (("B02", "DMSO", "ab"), ("B03", "X", "cd")):
+        for site, name in enumerate(names, start=1):
+            rows.append(
+                {
+                    "plate": "P1",
+                    "well": well,
+                    "site": site,
+                    "image": str(tiny_images / f"{name}.tif"),
+                    "labels": str(tiny_images / f"{name}_labels.tif"),
+                    "treatment": treatment,
+                    "control": treatment == "DMSO",
+                }
+            )
+    return rows
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    """Config edits that make the tiny sheet valid (train segmentation on its sites)."""
+    return {"segmentation.train.sites": ["P1/B02/1", "P1/B03/1"]}
+
+
+def mini_sheet_rows() -> list[dict]:
+    """The bundled mini dataset's sheet with absolute paths."""
+    import pandas as pd
+
+    sheet = pd.read_csv(MINI / "samples.tsv", sep="\t")
+    for col in ("image", "labels"):
+        sheet[col] = [str(MINI / p) for p in sheet[col]]
+    return sheet.to_dict("records")

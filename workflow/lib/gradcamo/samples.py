@@ -1,0 +1,193 @@
+"""The sample sheet and the configuration: reading and the checks a JSON schema cannot express.
+
+The sheet has one row per field of view (site): ``plate, well, site, image, treatment`` and
+optionally ``concentration``, ``control`` and ``labels`` (a ground-truth label image).
+Relative ``image``/``labels`` paths are resolved against the sheet's own folder, so a
+dataset folder with its sheet can be moved as a whole.
+
+Every error is an :class:`~gradcamo.errors.InputError` naming the file, the line of the
+sheet (line 1 is the header) and the field, or the configuration key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from gradcamo.errors import InputError
+
+REQUIRED_COLUMNS = ("plate", "well", "site", "image", "treatment")
+OPTIONAL_COLUMNS = ("concentration", "control", "labels")
+_TRUE = {"true", "yes", "1", "t", "y"}
+_FALSE = {"false", "no", "0", "f", "n", ""}
+
+
+def _row_name(sheet: str | os.PathLike, df: pd.DataFrame, i: int) -> str:
+    """``"samples.tsv line 5 (P1/B02/site 1)"`` for the i-th data row (0-based)."""
+    row = df.iloc[i]
+    where = "/".join(str(row.get(c, "?")) for c in ("plate", "well"))
+    return f"{sheet} line {i + 2} ({where}, site {row.get('site', '?')})"
+
+
+def read_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
+    """Read the sheet (TSV) with typed columns and absolute ``image``/``labels`` paths.
+
+    Returns a DataFrame with ``plate, well, treatment, image`` (str), ``site`` (int),
+    ``concentration`` (float, NaN if absent), ``control`` (bool; defaults to False),
+    ``labels`` (str or None), in sheet order, plus ``line`` (the sheet's line number).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: sample sheet does not exist")
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    except Exception as exc:
+        raise InputError(f"{path}: cannot parse as a tab-separated table ({exc})") from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (header: {list(df.columns)})")
+    unknown = [c for c in df.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if unknown:
+        hints = {c: difflib.get_close_matches(c, REQUIRED_COLUMNS + OPTIONAL_COLUMNS, 1) for c in unknown}
+        msg = ", ".join(f"{c!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for c, h in hints.items())
+        raise InputError(f"{path}: unknown column(s) {msg}")
+    if df.empty:
+        raise InputError(f"{path}: the sample sheet has no rows")
+    df = df.apply(lambda col: col.str.strip())
+    for i in range(len(df)):
+        for col in REQUIRED_COLUMNS:
+            if df.iloc[i][col] == "":
+                raise InputError(f"{_row_name(path, df, i)}: field {col!r} is empty")
+    site = pd.to_numeric(df["site"], errors="coerce")
+    for i in site.index[site.isna() | (site % 1 != 0)]:
+        raise InputError(f"{_row_name(path, df, i)}: field 'site' must be an integer, got {df.at[i, 'site']!r}")
+    out = df.copy()
+    out["site"] = site.astype(int)
+    if "concentration" in df:
+        conc = pd.to_numeric(df["concentration"].replace("", None), errors="coerce")
+        bad = conc.isna() & (df["concentration"] != "")
+        for i in conc.index[bad]:
+            raise InputError(f"{_row_name(path, df, i)}: field 'concentration' must be a number, got {df.at[i, 'concentration']!r}")
+        out["concentration"] = conc.astype(float)
+    else:
+        out["concentration"] = float("nan")
+    if "control" in df:
+        values = df["control"].str.lower()
+        for i in values.index[~values.isin(_TRUE | _FALSE)]:
+            raise InputError(f"{_row_name(path, df, i)}: field 'control' must be true or false, got {df.at[i, 'control']!r}")
+        out["control"] = values.isin(_TRUE)
+    else:
+        out["control"] = False
+    base = path.parent
+    out["image"] = [str((base / p).resolve()) if p else p for p in df["image"]]
+    if "labels" in df:
+        out["labels"] = [str((base / p).resolve()) if p else None for p in df["labels"]]
+    else:
+        out["labels"] = None
+    out["line"] = range(2, len(df) + 2)
+    return out[["plate", "well", "site", "image", "treatment", "concentration", "control", "labels", "line"]]
+
+
+def check_sample_sheet(samples: pd.DataFrame, sheet: str | os.PathLike) -> None:
+    """Semantic checks on a read sheet; raises :class:`InputError` on the first problem.
+
+    - no duplicate (plate, well, site);
+    - every image (and labels file, when given) exists;
+    - all sites of a well share one treatment;
+    - at least two treatments.
+    """
+    dup = samples.duplicated(["plate", "well", "site"], keep="first")
+    for i in samples.index[dup]:
+        first = samples[(samples.plate == samples.at[i, "plate"]) & (samples.well == samples.at[i, "well"])
+                        & (samples.site == samples.at[i, "site"])].iloc[0]
+        raise InputError(
+            f"{sheet} line {samples.at[i, 'line']}: duplicate row for plate {samples.at[i, 'plate']}, "
+            f"well {samples.at[i, 'well']}, site {samples.at[i, 'site']} (first at line {first['line']})"
+        )
+    for col in ("image", "labels"):
+        for _, row in samples.iterrows():
+            p = row[col]
+            if p is not None and not Path(p).is_file():
+                raise InputError(f"{sheet} line {row['line']}: field {col!r}: file {p} does not exist")
+    per_well = samples.groupby(["plate", "well"], sort=False)["treatment"].unique()
+    for (plate, well), treatments in per_well.items():
+        if len(treatments) > 1:
+            rows = samples[(samples.plate == plate) & (samples.well == well)]
+            lines = ", ".join(f"line {r.line}: {r.treatment}" for r in rows.itertuples())
+            raise InputError(
+                f"{sheet}: sites of well {plate}/{well} disagree on field 'treatment' ({lines})"
+            )
+    treatments = sorted(samples["treatment"].unique())
+    if len(treatments) < 2:
+        raise InputError(
+            f"{sheet}: field 'treatment' has only one value ({treatments[0]!r}); a classifier of "
+            "treatments needs at least two"
+        )
+
+
+def wells_table(samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per well: ``plate, well, treatment, control, n_sites``, sorted by plate and well."""
+    return (
+        samples.groupby(["plate", "well"], as_index=False)
+        .agg(treatment=("treatment", "first"), control=("control", "any"), n_sites=("site", "size"))
+        .sort_values(["plate", "well"], ignore_index=True)
+    )
+
+
+def unknown_key_message(key_path: Iterable[str], key: str, allowed: Iterable[str]) -> str:
+    """Message for a misspelt configuration key, with the closest valid spelling."""
+    allowed = list(allowed)
+    dotted = ".".join([*key_path, key])
+    hint = difflib.get_close_matches(key, allowed, n=1)
+    suggestion = f"did you mean {'.'.join([*key_path, hint[0]])!r}? " if hint else ""
+    return f"config key {dotted!r} is not known: {suggestion}valid keys here: {', '.join(sorted(allowed))}"
+
+
+def check_config(config: Mapping[str, Any], samples: pd.DataFrame) -> None:
+    """Semantic checks of the (schema-validated) configuration against the sample sheet."""
+    channels = list(config["channels"])
+    seg = config["segmentation"]
+    for key in ("cytoplasm_channel", "nucleus_channel"):
+        name = seg.get(key)
+        if name is not None and name not in channels:
+            raise InputError(
+                f"config key 'segmentation.{key}' is {name!r}, which is not in 'channels' ({', '.join(channels)})"
+            )
+    treatments = set(samples["treatment"])
+    control = config["aggregate"]["control"]
+    if control not in treatments:
+        raise InputError(
+            f"config key 'aggregate.control' is {control!r}, but no well has that treatment "
+            f"(treatments: {', '.join(sorted(treatments))})"
+        )
+    fractions = config["split"]["fractions"]
+    total = sum(fractions.values())
+    if abs(total - 1.0) > 1e-6:
+        raise InputError(f"config key 'split.fractions' must sum to 1, got {total:g} ({fractions})")
+    norm = config["crops"]["normalization"]
+    if norm["lower_percentile"] >= norm["upper_percentile"]:
+        raise InputError(
+            "config key 'crops.normalization.lower_percentile' must be below 'upper_percentile' "
+            f"({norm['lower_percentile']} >= {norm['upper_percentile']})"
+        )
+    if seg["model"] == "trained":
+        sites = seg["train"]["sites"]
+        if not sites:
+            raise InputError(
+                "config key 'segmentation.model' is 'trained' but 'segmentation.train.sites' is empty: "
+                "name the annotated sites (plate/well/site) to train on"
+            )
+        index = {f"{r.plate}/{r.well}/{r.site}": r for r in samples.itertuples()}
+        for site in sites:
+            if site not in index:
+                raise InputError(f"config key 'segmentation.train.sites': site {site!r} is not in the sample sheet")
+            if index[site].labels is None:
+                raise InputError(
+                    f"config key 'segmentation.train.sites': site {site!r} (sheet line "
+                    f"{index[site].line}) has no 'labels' (ground-truth label image)"
+                )

@@ -1,0 +1,102 @@
+"""Validation of config and sample sheet at parse time, and the input functions of all rules."""
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The library lives beside the rules; jobs (scripts, conda envs, cluster nodes) find it
+# through PYTHONPATH, the Snakefile itself through sys.path.
+LIB_DIR = str(Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "lib")
+sys.path.insert(0, LIB_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (LIB_DIR, os.environ.get("PYTHONPATH")) if p
+)
+# numba (Cellpose, UMAP) and matplotlib need writable caches; Cellpose looks up model
+# weights offline in CELLPOSE_LOCAL_MODELS_PATH. Users may preset any of them.
+for var, default in (
+    ("NUMBA_CACHE_DIR", ".snakemake/cache/numba"),
+    ("MPLCONFIGDIR", ".snakemake/cache/matplotlib"),
+    ("CELLPOSE_LOCAL_MODELS_PATH", "resources/cellpose_models"),
+):
+    os.environ.setdefault(var, str(Path(default).absolute()))
+
+from gradcamo.errors import InputError
+from gradcamo.samples import (
+    check_config,
+    check_sample_sheet,
+    read_sample_sheet,
+    unknown_key_message,
+    wells_table,
+)
+
+
+def _schema_error(exc, what):
+    """Turn snakemake.utils.validate's error into one line naming the key or field."""
+    err = next((a for a in exc.args if hasattr(a, "validator")), None)
+    if err is None:
+        return f"{what}: {exc}"
+    path = [str(p) for p in err.absolute_path]
+    if err.validator == "additionalProperties":
+        allowed = err.schema.get("properties", {}).keys()
+        unexpected = [k for k in err.instance if k not in allowed]
+        if what.startswith("config"):
+            return unknown_key_message(path, unexpected[0], allowed)
+        return f"{what}: unknown field(s) {unexpected}"
+    where = ".".join(path) if path else "(top level)"
+    if what.startswith("config"):
+        return f"config key {where!r}: {err.message}"
+    return f"{what}: field {where!r}: {err.message}"
+
+
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as exc:
+    raise InputError(_schema_error(exc, "config")) from None
+
+SAMPLE_SHEET = config["samples"]
+SAMPLES = read_sample_sheet(SAMPLE_SHEET)
+try:
+    validate(SAMPLES.drop(columns="line"), "../schemas/samples.schema.yaml", set_default=False)
+except WorkflowError as exc:
+    _i = int(re.search(r"row (\d+)", str(exc.args[0])).group(1))
+    _row = SAMPLES.iloc[_i]
+    _where = f"{SAMPLE_SHEET} line {_row.line} ({_row.plate}/{_row.well}, site {_row.site})"
+    raise InputError(_schema_error(exc, _where)) from None
+check_sample_sheet(SAMPLES, SAMPLE_SHEET)
+check_config(config, SAMPLES)
+
+CHANNELS = list(config["channels"])
+WELLS = wells_table(SAMPLES)
+
+
+wildcard_constraints:
+    plate="|".join(sorted(set(WELLS.plate))),
+    well="|".join(sorted(set(WELLS.well))),
+
+
+def expand_wells(pattern):
+    """``pattern`` formatted with ``plate`` and ``well`` for every well of the sheet."""
+    return [pattern.format(plate=p, well=w) for p, w in zip(WELLS.plate, WELLS.well)]
+
+
+def well_sites(wildcards):
+    """The sheet's rows (one per site) of the well named by the wildcards, in site order."""
+    rows = SAMPLES[(SAMPLES.plate == wildcards.plate) & (SAMPLES.well == wildcards.well)]
+    return rows.sort_values("site")
+
+
+def well_images(wildcards):
+    """Z-stack paths of the well's sites, in site order."""
+    return list(well_sites(wildcards)["image"])
+
+
+def well_labels(wildcards):
+    """Ground-truth label paths (or None) of the well's sites, in site order."""
+    return list(well_sites(wildcards)["labels"])

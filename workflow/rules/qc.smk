@@ -1,0 +1,44 @@
+rule qc_well:
+    """Per-site, per-channel intensity, saturation and focus statistics of one well."""
+    input:
+        images=well_images,
+    output:
+        "results/qc/{plate}/{well}.parquet",
+    log:
+        "logs/qc_well/{plate}/{well}.log",
+    params:
+        sites=lambda wc: list(well_sites(wc)["site"]),
+        channels=CHANNELS,
+        saturation_value=config["qc"]["saturation_value"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/qc_well.py"
+
+
+rule qc_plate:
+    """Plate-layout heatmaps of the QC statistics, one figure per plate."""
+    input:
+        lambda wc: [
+            f"results/qc/{wc.plate}/{w}.parquet" for w in WELLS[WELLS.plate == wc.plate].well
+        ],
+    output:
+        report(
+            "results/qc/{plate}.layout.png",
+            caption="../report/qc_layout.rst",
+            category="Image QC",
+        ),
+    log:
+        "logs/qc_plate/{plate}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/qc_plate.py"
