@@ -131,3 +131,29 @@ def test_every_env_is_used():
     used = {info["conda"] for info in ALL_RULES.values() if info["conda"]}
     for env in (REPO / "envs").glob("*.yaml"):
         assert env.resolve() in used, f"{env.name} is used by no rule"
+
+
+def _schema_keys(node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, sub in node.get("properties", {}).items():
+        dotted = f"{prefix}{key}"
+        if sub.get("type") == "object" and "properties" in sub and key != "fractions":
+            keys += _schema_keys(sub, dotted + ".")
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def test_every_config_key_is_documented_and_has_a_default():
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    doc = (REPO / "config" / "README.md").read_text()
+    keys = _schema_keys(schema)
+    assert len(keys) > 40
+    for key in keys:
+        assert f"| `{key}` |" in doc, f"config/README.md does not document {key}"
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for key in keys:
+        node = config
+        for part in key.split("."):
+            assert part in node, f"config/config.yaml lacks {key}"
+            node = node[part]

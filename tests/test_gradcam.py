@@ -1,0 +1,171 @@
+"""Grad-CAM profiler: agreement with MONAI's GradCAM, batch independence, Grad-CAMO cases."""
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.transforms import ScaleIntensity
+from monai.visualize import GradCAM
+
+from gradcamo.errors import InputError
+from gradcamo.gradcam import GradCamProfiler, gradcamo_score, upsample_cam
+from gradcamo.model import build_model, embedding_dim
+
+CROP = (8, 64, 64)  # _conv_head is 1×2×2 here, _blocks.3 2×4×4, _blocks.1 2×16×16
+N_CLASSES = 3
+# Largest allowed difference between min-max normalised maps (values in [0, 1]).
+PEER_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A b0 with non-trivial weights: a few SGD steps on random data, BN statistics refitted."""
+    torch.manual_seed(0)
+    net = build_model("b0", 5, N_CLASSES, CROP)
+    x, y = torch.randn(6, 5, *CROP), torch.tensor([0, 1, 2, 0, 1, 2])
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    net.train()
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    for bn in net.modules():
+        if isinstance(bn, torch.nn.BatchNorm3d):
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the refit pass
+    with torch.no_grad():
+        net(x)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return torch.randn(7, 5, *CROP, generator=torch.Generator().manual_seed(1))
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max normalisation to [0, 1] (MONAI's default_normalizer, not inverted)."""
+    scale = ScaleIntensity(minv=0.0, maxv=1.0)
+    return torch.stack([torch.as_tensor(scale(m)) for m in maps])
+
+
+def monai_maps(model, layer, x, classes):
+    """MONAI GradCAM, one call per cell (its batched call mixes the cells' target classes)."""
+    cam = GradCAM(copy.deepcopy(model), target_layers=layer, postprocessing=minmax)
+    return torch.cat([cam(x[i : i + 1], class_idx=int(k)) for i, k in enumerate(classes)])[:, 0]
+
+
+def test_split_forward_reproduces_model_forward(model, cells):
+    pooled = {}
+    hook = model._avg_pooling.register_forward_hook(lambda m, i, o: pooled.update(out=o))
+    with torch.no_grad():
+        logits = model(cells)
+    hook.remove()
+    for layer in ["_conv_head", "_blocks.4", "_conv_stem"]:
+        out = GradCamProfiler(model, layer)(cells)
+        torch.testing.assert_close(out["logits"], logits)
+        torch.testing.assert_close(out["embedding"], pooled["out"].flatten(1))
+        assert out["embedding"].shape == (7, embedding_dim(model)) == (7, 1280)
+        assert torch.equal(out["target"], logits.argmax(1))
+
+
+@pytest.mark.parametrize(
+    "layer", ["_conv_head", "_blocks.6", "_blocks.5", "_blocks.3", "_blocks.3.6", "_blocks.1.1"]
+)
+def test_matches_monai_gradcam(model, cells, layer):
+    out = GradCamProfiler(model, layer)(cells)
+    ours = minmax(upsample_cam(out["cam"], CROP))
+    theirs = monai_maps(model, layer, cells, out["target"])
+    assert ours.shape == theirs.shape == (7, *CROP)
+    assert (ours.flatten(1).std(1) > 0.05).all(), "maps must vary for the comparison to mean something"
+    assert (ours - theirs).abs().max() <= PEER_TOLERANCE
+
+
+def test_matches_monai_for_a_given_class(model, cells):
+    profiler = GradCamProfiler(model, "_blocks.3")
+    predicted = profiler(cells)["target"]
+    other = (predicted + 1) % N_CLASSES
+    out = profiler(cells, other)
+    assert torch.equal(out["target"], other)
+    ours = minmax(upsample_cam(out["cam"], CROP))
+    theirs = monai_maps(model, "_blocks.3", cells, other)
+    assert (ours - theirs).abs().max() <= PEER_TOLERANCE
+
+
+@pytest.mark.parametrize("layer", ["_conv_head", "_blocks.2"])
+def test_cell_results_do_not_depend_on_the_batch(model, cells, layer):
+    profiler = GradCamProfiler(model, layer)
+    batch = profiler(cells)
+    masks = (torch.rand(7, *CROP, generator=torch.Generator().manual_seed(2)) > 0.5).to(torch.uint8)
+    batch_scores = gradcamo_score(upsample_cam(batch["cam"], CROP), masks)
+    assert torch.isfinite(batch_scores).all()
+    for i in range(len(cells)):
+        single = profiler(cells[i : i + 1])
+        for key in ("embedding", "logits", "cam"):
+            torch.testing.assert_close(single[key][0], batch[key][i], rtol=1e-4, atol=1e-5)
+        score = gradcamo_score(upsample_cam(single["cam"], CROP), masks[i : i + 1])
+        torch.testing.assert_close(score[0], batch_scores[i], rtol=1e-5, atol=1e-6)
+
+
+def test_target_layers_are_module_names_in_forward_order(model):
+    layers = GradCamProfiler(model).target_layers
+    modules = dict(model.named_modules())
+    assert set(layers) <= set(modules)
+    assert {"_conv_stem", "_blocks.0", "_blocks.1.1", "_blocks.1.2", "_blocks.6.15", "_conv_head"} <= set(layers)
+    order = [name for name in modules if name in layers]
+    assert [n for n in layers if n.count(".") != 1] == [n for n in order if n.count(".") != 1]
+
+
+def test_unknown_target_layer_names_the_valid_ones(model):
+    with pytest.raises(InputError, match=r"_blocks\.6\.0x.*_blocks\.6\.15.*_conv_head"):
+        GradCamProfiler(model, "_blocks.6.0x")
+    with pytest.raises(InputError, match="_fc"):
+        GradCamProfiler(model, "_fc")
+
+
+def test_profiler_refuses_inference_mode(model, cells):
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        GradCamProfiler(model)(cells[:1])
+
+
+def test_upsample_cam_shape_and_range():
+    cam = torch.rand(3, 1, 2, 2)
+    up = upsample_cam(cam, (5, 9, 7))
+    assert up.shape == (3, 5, 9, 7)
+    assert up.min() >= cam.min() and up.max() <= cam.max()
+    torch.testing.assert_close(upsample_cam(torch.full((1, 1, 1, 1), 2.0), (4, 6, 6)), torch.full((1, 4, 6, 6), 2.0))
+
+
+def _masks():
+    mask = np.zeros((1, 4, 6, 6), np.uint8)
+    mask[0, 1:3, 2:5, 1:4] = 1  # 18 of 144 voxels
+    mask[0, 0, 0, :] = 2  # another cell counts as outside
+    return mask
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_gradcamo_analytic_cases(as_tensor):
+    mask = _masks()
+    inside = (mask == 1).astype(np.float32) * np.linspace(0.1, 2, mask.size).reshape(mask.shape)
+    outside = (mask != 1).astype(np.float32) * 3.0
+    uniform = np.full(mask.shape, 0.7, np.float32)
+    zero = np.zeros(mask.shape, np.float32)
+    cams, masks = np.concatenate([inside, outside, uniform, zero]), np.repeat(mask, 4, axis=0)
+    convert = torch.from_numpy if as_tensor else np.asarray
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="raise"):
+            score = gradcamo_score(convert(cams), convert(masks))
+    assert isinstance(score, torch.Tensor) == as_tensor
+    score = np.asarray(score)
+    assert score.shape == (4,)
+    np.testing.assert_allclose(score[:3], [1.0, 0.0, 18 / 144], rtol=1e-12)
+    assert np.isnan(score[3])
+
+
+def test_gradcamo_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="mask"):
+        gradcamo_score(np.zeros((2, 3, 4, 4)), np.zeros((2, 3, 4, 5)))

@@ -1,0 +1,169 @@
+"""Profiling a crop store into a profile table: values, schema, empty wells, bad input."""
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from gradcamo.errors import InputError
+from gradcamo.gradcam import GradCamProfiler, gradcamo_score, upsample_cam
+from gradcamo.model import build_model, load_checkpoint, save_checkpoint
+from gradcamo.profiles import (
+    check_store_matches,
+    empty_profile_table,
+    feature_columns,
+    profile_store,
+    profile_table,
+    target_class_index,
+    well_split,
+    write_profile_table,
+)
+from gradcamo.store import CropStore, CropStoreWriter
+
+CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+CROP = (8, 16, 16)
+CLASSES = ["DMSO", "drug_low", "drug_high"]
+NORMALIZATION = {"scope": "site", "lower_percentile": 1.0, "upper_percentile": 99.8}
+
+
+def write_store(path, n_cells, channels=CHANNELS, crop=CROP, seed=0):
+    rng = np.random.default_rng(seed)
+    writer = CropStoreWriter(path, n_cells, channels, crop, NORMALIZATION)
+    masks = np.zeros((n_cells, *crop), np.uint8)
+    masks[:, 2:6, 4:12, 4:12] = 1
+    masks[:, :, :3, :] = 2
+    writer.write(rng.normal(size=(n_cells, len(channels), *crop)).astype(np.float32), masks)
+    cells = pd.DataFrame(
+        {
+            "Metadata_Plate": pd.Series(["P1"] * n_cells, dtype=object),
+            "Metadata_Well": pd.Series(["B02"] * n_cells, dtype=object),
+            "Metadata_Site": np.ones(n_cells, np.int64),
+            "Metadata_ObjectNumber": np.arange(1, n_cells + 1, dtype=np.int64),
+        }
+    )
+    writer.close(cells)
+    return CropStore.open(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("b0", len(CHANNELS), len(CLASSES), CROP)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    meta = dict(variant="b0", channels=CHANNELS, classes=CLASSES, crop_shape=list(CROP), normalization=NORMALIZATION)
+    save_checkpoint(path, model, meta)
+    return path
+
+
+def run_well(store, checkpoint, target="predicted", batch_size=4, cams=None):
+    model, meta = load_checkpoint(checkpoint)
+    check_store_matches(meta, store, checkpoint)
+    profiler = GradCamProfiler(model, "_blocks.1")  # 4×8×8 maps at this crop size
+    result = profile_store(profiler, store, target, batch_size, "cpu", cams)
+    table = profile_table(
+        store.cells, "test", result["embedding"], result["probabilities"], result["scores"], meta["classes"]
+    )
+    return model, result, table
+
+
+def test_profile_table_values(tmp_path, checkpoint, caplog):
+    store = write_store(tmp_path / "store", 10)
+    cams = np.zeros((10, *CROP), np.float16)
+    with caplog.at_level(logging.INFO, logger="gradcamo"):
+        model, result, table = run_well(store, checkpoint, cams=cams)
+    assert sum("batch" in r.message for r in caplog.records) == 3  # 4 + 4 + 2 cells
+
+    assert len(table) == 10
+    meta_cols = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber",
+                 "Metadata_Split", "Metadata_Predicted", "Metadata_Probability", "Metadata_GradCAMO"]
+    assert list(table.columns) == meta_cols + feature_columns(1280)
+    assert feature_columns(1280)[:2] == ["emb_0000", "emb_0001"]
+    assert (table.dtypes[feature_columns(1280)] == np.float32).all()
+    pd.testing.assert_frame_equal(table[store.cells.columns], store.cells)
+    assert (table["Metadata_Split"] == "test").all()
+
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.asarray(store.images, np.float32)))
+    probs = torch.softmax(logits, 1)
+    assert list(table["Metadata_Predicted"]) == [CLASSES[k] for k in probs.argmax(1)]
+    np.testing.assert_allclose(table["Metadata_Probability"], probs.max(1).values, rtol=1e-5)
+
+    # Saved maps are scaled to a maximum of 1; their Grad-CAMO is the table's (float16: loose).
+    peaks = cams.reshape(10, -1).max(1)
+    assert ((peaks == 1) | (peaks == 0)).all() and (peaks == 1).any()
+    scores = gradcamo_score(cams.astype(np.float32), np.asarray(store.masks))
+    np.testing.assert_allclose(table["Metadata_GradCAMO"], scores, rtol=1e-3, equal_nan=True)
+    assert np.isfinite(result["scores"]).any()
+    assert ((result["scores"][np.isfinite(result["scores"])] >= 0) & (result["scores"] <= 1)).all()
+
+
+def test_results_do_not_depend_on_batch_size(tmp_path, checkpoint):
+    store = write_store(tmp_path / "store", 7)
+    _, by_three, _ = run_well(store, checkpoint, batch_size=3)
+    _, all_at_once, _ = run_well(store, checkpoint, batch_size=64)
+    for key in by_three:
+        np.testing.assert_allclose(by_three[key], all_at_once[key], rtol=1e-4, atol=1e-6, equal_nan=True)
+
+
+def test_true_class_target_explains_that_class(tmp_path, checkpoint):
+    store = write_store(tmp_path / "store", 5)
+    target = target_class_index("true", "drug_high", CLASSES)
+    assert target == 2
+    model, result, _ = run_well(store, checkpoint, target=target)
+    x = torch.from_numpy(np.asarray(store.images, np.float32))
+    out = GradCamProfiler(model, "_blocks.1")(x, torch.full((5,), 2))
+    expected = gradcamo_score(upsample_cam(out["cam"], CROP), torch.from_numpy(np.array(store.masks)))
+    np.testing.assert_allclose(result["scores"], expected.numpy(), rtol=1e-5, equal_nan=True)
+
+
+def test_empty_well_has_the_full_schema(tmp_path, checkpoint):
+    full = run_well(write_store(tmp_path / "full", 3), checkpoint)[2]
+    empty_store = write_store(tmp_path / "empty", 0)
+    empty = run_well(empty_store, checkpoint)[2]
+    assert len(empty) == 0
+    assert list(empty.columns) == list(full.columns)
+    pd.testing.assert_series_equal(empty.dtypes, full.dtypes)
+    direct = empty_profile_table(empty_store.cells, "test", 1280, CLASSES)
+    pd.testing.assert_frame_equal(direct, empty)
+
+    write_profile_table(full, tmp_path / "full.parquet")
+    write_profile_table(empty, tmp_path / "empty.parquet")
+    assert pq.read_schema(tmp_path / "empty.parquet").equals(pq.read_schema(tmp_path / "full.parquet"))
+    back = pd.read_parquet(tmp_path / "empty.parquet")
+    pd.testing.assert_series_equal(back.dtypes, full.dtypes)
+
+
+@pytest.mark.parametrize(
+    "channels, crop", [(CHANNELS[:4], CROP), (CHANNELS, (8, 16, 20))], ids=["channels", "crop_shape"]
+)
+def test_mismatched_checkpoint_names_both(tmp_path, checkpoint, channels, crop):
+    store = write_store(tmp_path / "store", 2, channels=channels, crop=crop)
+    _, meta = load_checkpoint(checkpoint)
+    with pytest.raises(InputError) as err:
+        check_store_matches(meta, store, checkpoint)
+    message = str(err.value)
+    for part in (str(checkpoint), str(store.path), str(CHANNELS), str(channels), str(CROP), str(crop)):
+        assert part in message
+
+
+def test_target_class_index_rejects_bad_values():
+    assert target_class_index("predicted", "whatever", CLASSES) == "predicted"
+    with pytest.raises(InputError, match="'unknown'.*DMSO"):
+        target_class_index("true", "unknown", CLASSES)
+    with pytest.raises(InputError, match="target_class"):
+        target_class_index("truth", "DMSO", CLASSES)
+
+
+def test_well_split_lookup(tmp_path):
+    splits = pd.DataFrame(
+        {"plate": ["P1", "P1"], "well": ["B02", "C03"], "treatment": ["DMSO", "drug_low"], "split": ["train", "test"]}
+    )
+    row = well_split(splits, "P1", "C03", source="wells.tsv")
+    assert (row["treatment"], row["split"]) == ("drug_low", "test")
+    with pytest.raises(InputError, match=r"wells\.tsv.*'P2'.*'B02'"):
+        well_split(splits, "P2", "B02", source="wells.tsv")
+    with pytest.raises(InputError, match="split"):
+        well_split(splits.drop(columns="split"), "P1", "B02", source="wells.tsv")

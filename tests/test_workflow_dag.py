@@ -1,0 +1,84 @@
+"""The workflow's DAG on the bundled mini dataset: job counts per rule, lint, SLURM profile."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import REPO, SNAKEMAKE, mini_sheet_rows, run_snakemake, write_project
+
+N_WELLS = 16  # 2 plates × 8 wells
+EXPECTED_JOBS = {
+    "qc_well": N_WELLS,
+    "qc_plate": 2,
+    "train_segmentation": 1,
+    "segment": N_WELLS,
+    "score_segmentation": 1,
+    "crops": N_WELLS,
+    "split": 1,
+    "train": 1,
+    "profile": N_WELLS,
+    "all": 1,
+}
+
+
+def _job_counts(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:")[-1]
+    counts = {}
+    for line in table.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+@pytest.fixture
+def mini_project(tmp_path):
+    return write_project(tmp_path, mini_sheet_rows())
+
+
+def test_dry_run_job_counts(mini_project):
+    proc = run_snakemake(mini_project, "-n")
+    counts = _job_counts(proc.stdout)
+    for rule, n in EXPECTED_JOBS.items():
+        assert counts.get(rule) == n, f"{rule}: {counts.get(rule)} jobs, expected {n}\n{counts}"
+
+
+def test_default_config_dry_runs_in_repo():
+    """The repository's own config and sheet (the README's `make demo`) form a valid DAG."""
+    proc = subprocess.run(
+        [SNAKEMAKE, "-n", "--forceall", "--quiet", "rules"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _job_counts(proc.stdout).get("train") == 1
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "Congratulations, your workflow is in a good condition!" in out, out[-4000:]
+
+
+def test_slurm_profile_dry_run(mini_project):
+    """`snakemake --profile profiles/slurm -n` builds the DAG with the SLURM executor.
+
+    Snakemake asks `conda info` as soon as a profile names the conda deployment method, and
+    conda cannot be installed here, so this dry-runs a copy of the slurm profile without that
+    one key; everything else (executor, resources, retries) is the shipped profile.
+    """
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["software-deployment-method"] == "conda"
+    assert profile["set-resources"]["train"]["gpu"] == 1
+    del profile["software-deployment-method"]
+    folder = mini_project / "slurm-profile"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    proc = run_snakemake(mini_project, "--profile", str(folder), "-n")
+    counts = _job_counts(proc.stdout)
+    assert counts.get("train") == 1 and counts.get("segment") == N_WELLS

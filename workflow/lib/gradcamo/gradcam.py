@@ -1,0 +1,187 @@
+"""3D Grad-CAM and the Grad-CAMO score, with embeddings and logits from the same pass.
+
+Grad-CAM (Selvaraju et al., 2017) at a layer with activations ``A`` (N×K×Z'×Y'×X') for a
+target logit ``y``: channel weights ``w_k = mean_{z,y,x} dy/dA_k``, map
+``ReLU(sum_k w_k A_k)`` (N×Z'×Y'×X'). Grad-CAMO (Gopalakrishnan et al., 2024) is the share of
+the upsampled map that falls on the cell of interest.
+
+Why not call a Grad-CAM library per batch: :class:`monai.visualize.GradCAM` (and
+pytorch-grad-cam) run the whole model with autograd on and back-propagate through every
+layer, and a separate forward pass is needed for the embedding. The gradient at a layer only
+depends on the layers *after* it, so :class:`GradCamProfiler` runs the trunk up to the
+target layer without autograd, re-enters autograd at the target activation, runs the short
+remainder once (giving the pooled embedding and the logits), and takes ONE backward of the
+sum of the selected logits. In eval mode the cells of a batch do not interact, so the
+gradient of that sum w.r.t. each cell's activation is the gradient of that cell's own logit.
+MONAI's batched call is not usable here anyway: ``ModelWithHooks.class_score`` indexes
+``logits[:, class_idx]`` with a per-cell index tensor, which selects an N×N block and mixes
+the target classes of all cells of the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets.efficientnet import EfficientNet
+from torch import nn
+
+from gradcamo.errors import InputError
+
+Step = tuple[tuple[str, ...], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _padded(conv: nn.Module, padding: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: conv(padding(x))
+
+
+def efficientnet_steps(model: EfficientNet) -> list[Step]:
+    """MONAI EfficientNet's forward pass up to the pooled embedding, as a list of steps.
+
+    Each step is ``(names, function)``; ``names`` are the module names (as in
+    ``model.named_modules()``) whose output the step produces, empty for unnamed steps (the
+    shared swish). The last block of a stack also carries its stack's name (``_blocks.6.15``
+    and ``_blocks.6`` for b0; MONAI numbers blocks across stacks). Chaining all steps on
+    ``(N, C, Z, Y, X)`` gives the ``(N, D, 1, 1, 1)`` pooled features, and
+    ``model._fc(model._dropout(features.flatten(1)))`` the logits. Mirrors
+    ``EfficientNet.forward`` (checked against it in the tests).
+    """
+    if not isinstance(model, EfficientNet):
+        raise TypeError(f"expected a MONAI EfficientNet, got {type(model).__name__}")
+    steps: list[Step] = [
+        (("_conv_stem",), _padded(model._conv_stem, model._conv_stem_padding)),
+        (("_bn0",), model._bn0),
+        ((), model._swish),
+    ]
+    for stack_name, stack in model._blocks.named_children():
+        # MONAI numbers blocks across stacks: _blocks.0.0, _blocks.1.1, _blocks.1.2, ...
+        blocks = list(stack.named_children())
+        for k, (block_name, block) in enumerate(blocks):
+            names = (f"_blocks.{stack_name}.{block_name}",)
+            if k == len(blocks) - 1:
+                names += (f"_blocks.{stack_name}",)
+            steps.append((names, block))
+    steps += [
+        (("_conv_head",), _padded(model._conv_head, model._conv_head_padding)),
+        (("_bn1",), model._bn1),
+        ((), model._swish),
+        ((), model._avg_pooling),
+    ]
+    return steps
+
+
+def _run(steps: Sequence[Step], x: torch.Tensor) -> torch.Tensor:
+    for _, step in steps:
+        x = step(x)
+    return x
+
+
+class GradCamProfiler:
+    """Embedding, logits and 3D Grad-CAM of a batch in one forward and one backward pass.
+
+    Parameters
+    ----------
+    model: a MONAI ``EfficientNet`` (e.g. from :func:`gradcamo.model.build_model`); it is
+        put in eval mode (BatchNorm uses running statistics, so cells are independent).
+    target_layer: module name whose output the Grad-CAM explains, one of
+        :attr:`target_layers` (``_conv_head`` = the last conv block; ``_blocks.6``,
+        ``_blocks.5.13``, ... earlier ones, at finer resolution).
+
+    Calling it with ``x`` (N×C×Z×Y×X) returns a dict of detached tensors:
+    ``embedding`` (N×D, pooled penultimate features, D = 1280 for b0), ``logits`` (N×K),
+    ``target`` (N, the class each map explains) and ``cam`` (N×Z'×Y'×X', non-negative, at
+    the target layer's resolution; see :func:`upsample_cam`).
+    """
+
+    def __init__(self, model: EfficientNet, target_layer: str = "_conv_head") -> None:
+        steps = efficientnet_steps(model)
+        self.target_layers = [name for names, _ in steps for name in names]
+        at = [k for k, (names, _) in enumerate(steps) if target_layer in names]
+        if not at:
+            raise InputError(
+                f"Grad-CAM target layer {target_layer!r} is not one of the model's sequential "
+                f"layers: {', '.join(self.target_layers)}"
+            )
+        self.model = model.eval()
+        self.target_layer = target_layer
+        self._trunk = steps[: at[0] + 1]
+        self._tail = steps[at[0] + 1 :]
+
+    def __call__(
+        self, x: torch.Tensor, target: str | torch.Tensor = "predicted"
+    ) -> dict[str, torch.Tensor]:
+        """Profile a batch ``x`` (N×C×Z×Y×X).
+
+        ``target``: ``"predicted"`` (each cell's arg-max class) or a LongTensor (N,) of class
+        indices, one per cell.
+        """
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("GradCamProfiler needs autograd: do not call it in inference_mode")
+        if self.model.training:
+            raise RuntimeError("the model must stay in eval mode (BatchNorm couples the batch)")
+        with torch.no_grad():
+            acts = _run(self._trunk, x)
+        acts = acts.detach().requires_grad_(True)
+        with torch.enable_grad():
+            embedding = _run(self._tail, acts).flatten(1)
+            logits = self.model._fc(self.model._dropout(embedding))
+            if isinstance(target, str):
+                if target != "predicted":
+                    raise ValueError(f"target must be 'predicted' or a tensor, got {target!r}")
+                target = logits.detach().argmax(1)
+            target = torch.as_tensor(target, dtype=torch.long, device=logits.device)
+            if target.shape != (len(x),):
+                raise ValueError(f"target must hold one class per cell, got {tuple(target.shape)}")
+            selected = logits.gather(1, target[:, None]).sum()
+            # Only the gradient w.r.t. the activation: no parameter gradients are computed.
+            (grads,) = torch.autograd.grad(selected, acts)
+        with torch.no_grad():
+            weights = grads.flatten(2).mean(2)  # (N, K)
+            cam = F.relu(torch.einsum("nk,nk...->n...", weights, acts))
+        return {
+            "embedding": embedding.detach(),
+            "logits": logits.detach(),
+            "target": target,
+            "cam": cam,
+        }
+
+
+def upsample_cam(cam: torch.Tensor, crop_shape: Sequence[int]) -> torch.Tensor:
+    """Trilinear upsampling of maps ``(N, Z', Y', X')`` to ``(N, Z, Y, X)`` = ``crop_shape``.
+
+    Same convention as MONAI's ``default_upsampler`` (``align_corners=False``); a convex
+    combination of neighbours, so non-negative maps stay non-negative.
+    """
+    size = tuple(int(s) for s in crop_shape)
+    return F.interpolate(cam[:, None], size=size, mode="trilinear", align_corners=False)[:, 0]
+
+
+def gradcamo_score(cam: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray):
+    """Grad-CAMO per cell: ``sum(A * [M == 1]) / sum(A)`` over the voxels of each crop.
+
+    Parameters
+    ----------
+    cam: ``(N, Z, Y, X)`` non-negative maps at crop resolution.
+    mask: ``(N, Z, Y, X)`` crop masks, 1 on the cell of interest.
+
+    Returns
+    -------
+    ``(N,)`` scores in [0, 1] (float64, NumPy or torch like ``cam``); NaN where a map is zero
+    everywhere (no attention to measure), without a division warning.
+    """
+    as_numpy = not isinstance(cam, torch.Tensor)
+    if as_numpy:  # copies: memory-mapped inputs are read-only
+        cam_t = torch.from_numpy(np.array(cam, np.float64))
+        cell = torch.from_numpy(np.asarray(mask) == 1)
+    else:
+        cam_t, cell = cam.double(), torch.as_tensor(mask, device=cam.device) == 1
+    if cam_t.shape != cell.shape or cam_t.ndim < 2:
+        raise ValueError(
+            f"cam {tuple(cam_t.shape)} and mask {tuple(cell.shape)} must both be (N, Z, Y, X)"
+        )
+    total = cam_t.flatten(1).sum(1)
+    inside = (cam_t * cell).flatten(1).sum(1)
+    score = torch.where(total > 0, inside / torch.where(total > 0, total, 1.0), torch.nan)
+    return score.cpu().numpy() if as_numpy else score

@@ -1,0 +1,233 @@
+"""Single-cell profiles of a well: run the Grad-CAM profiler over a crop store, build the table.
+
+A profile table has one row per cell, in crop-store order::
+
+    Metadata_*             the crop store's cell table, unchanged
+    Metadata_Split         the well's split (train / val / test)
+    Metadata_Predicted     predicted treatment (class name)
+    Metadata_Probability   softmax probability of the predicted class (float32)
+    Metadata_GradCAMO      Grad-CAMO score of the cell (float32, NaN for an all-zero map)
+    emb_0000 ... emb_D-1   pooled penultimate embedding (float32 features)
+
+Columns follow the image-based profiling convention (pycytominer, CytoTable): every column
+not starting with ``Metadata_`` is a feature. A well without cells gives the same columns
+and dtypes with zero rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from gradcamo.errors import InputError
+from gradcamo.gradcam import GradCamProfiler, gradcamo_score, upsample_cam
+from gradcamo.io import atomic_path
+from gradcamo.model import embedding_dim
+from gradcamo.store import CropStore
+
+log = logging.getLogger(__name__)
+
+FEATURE_PREFIX = "emb_"
+SPLIT_COLUMNS = ("plate", "well", "treatment", "split")
+
+
+def feature_columns(dim: int) -> list[str]:
+    """Names of the ``dim`` embedding feature columns: ``emb_0000``, ``emb_0001``, ..."""
+    return [f"{FEATURE_PREFIX}{i:04d}" for i in range(dim)]
+
+
+def profile_table(
+    cells: pd.DataFrame,
+    split: str,
+    embedding: np.ndarray,
+    probabilities: np.ndarray,
+    scores: np.ndarray,
+    classes: Sequence[str],
+) -> pd.DataFrame:
+    """Assemble a well's profile table (see the module docstring for its columns).
+
+    Parameters
+    ----------
+    cells: the crop store's cell table, N rows; its ``Metadata_*`` columns are kept.
+    split: the well's split name.
+    embedding: ``(N, D)`` pooled embeddings.
+    probabilities: ``(N, K)`` class probabilities (softmax of the logits).
+    scores: ``(N,)`` Grad-CAMO scores.
+    classes: the K class names, index = class id.
+    """
+    n = len(cells)
+    embedding = np.asarray(embedding, dtype=np.float32)
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
+    if embedding.ndim != 2 or probabilities.shape != (n, len(classes)) or scores.shape != (n,):
+        raise ValueError(
+            f"{n} cells and {len(classes)} classes, but embedding {embedding.shape}, "
+            f"probabilities {probabilities.shape}, scores {scores.shape}"
+        )
+    if len(embedding) != n:
+        raise ValueError(f"{n} cells but {len(embedding)} embeddings")
+    predicted = probabilities.argmax(1)
+    metadata = cells[[c for c in cells.columns if c.startswith("Metadata_")]]
+    ours = pd.DataFrame(
+        {
+            "Metadata_Split": pd.Series([split] * n, dtype=object),
+            "Metadata_Predicted": pd.Series(np.asarray(classes, object)[predicted], dtype=object),
+            "Metadata_Probability": probabilities[np.arange(n), predicted],
+            "Metadata_GradCAMO": scores,
+        }
+    )
+    features = pd.DataFrame(embedding, columns=feature_columns(embedding.shape[1]))
+    metadata = metadata.drop(columns=ours.columns, errors="ignore").reset_index(drop=True)
+    return pd.concat([metadata, ours, features], axis=1)
+
+
+def empty_profile_table(
+    cells: pd.DataFrame, split: str, embedding_dim: int, classes: Sequence[str]
+) -> pd.DataFrame:
+    """The profile table of a well without cells: full schema, zero rows."""
+    return profile_table(
+        cells.iloc[:0],
+        split,
+        np.zeros((0, embedding_dim), np.float32),
+        np.zeros((0, len(classes)), np.float32),
+        np.zeros(0, np.float32),
+        classes,
+    )
+
+
+def write_profile_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a profile table to Parquet atomically (no partial file on failure).
+
+    Object columns without values (an empty well) are written as strings rather than
+    Arrow's ``null`` type, so every well's file has the same Parquet schema.
+    """
+    schema = pa.Schema.from_pandas(table, preserve_index=False)
+    for i, field in enumerate(schema):
+        if pa.types.is_null(field.type):
+            schema = schema.set(i, field.with_type(pa.string()))
+    arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow, tmp)
+
+
+def well_split(
+    splits: pd.DataFrame, plate: str, well: str, source: str = "split table"
+) -> pd.Series:
+    """The row (plate, well, treatment, split) of one well in the split table."""
+    missing = [c for c in SPLIT_COLUMNS if c not in splits.columns]
+    if missing:
+        raise InputError(f"{source}: lacks column(s) {', '.join(missing)}")
+    here = (splits["plate"].astype(str) == str(plate)) & (splits["well"].astype(str) == str(well))
+    rows = splits[here]
+    if len(rows) != 1:
+        raise InputError(
+            f"{source}: {len(rows)} rows for plate {plate!r}, well {well!r}; expected 1"
+        )
+    return rows.iloc[0]
+
+
+def check_store_matches(
+    meta: dict[str, Any], store: CropStore, checkpoint: str | os.PathLike
+) -> None:
+    """Raise :class:`InputError` if a checkpoint's channels or crop shape differ from a store's.
+
+    A different normalisation is only logged as a warning (same channels and shape still run).
+    """
+    channels, shape = list(meta["channels"]), tuple(int(s) for s in meta["crop_shape"])
+    if channels != list(store.channels) or shape != tuple(store.crop_shape):
+        raise InputError(
+            f"checkpoint {checkpoint} was trained on channels {channels} and crop shape "
+            f"{shape} (Z, Y, X), but crop store {store.path} has channels {list(store.channels)} "
+            f"and crop shape {tuple(store.crop_shape)}"
+        )
+    if meta.get("normalization") != store.normalization:
+        log.warning(
+            "checkpoint %s normalisation %s differs from crop store %s normalisation %s",
+            checkpoint, meta.get("normalization"), store.path, store.normalization,
+        )
+
+
+def target_class_index(target_class: str, treatment: str, classes: Sequence[str]) -> str | int:
+    """Resolve config ``profile.target_class`` to ``"predicted"`` or a class index.
+
+    ``"true"`` means the cell's treatment (all cells of a well share one).
+    """
+    if target_class == "predicted":
+        return "predicted"
+    if target_class != "true":
+        raise InputError(
+            f"profile.target_class must be 'predicted' or 'true', got {target_class!r}"
+        )
+    if treatment not in classes:
+        raise InputError(
+            f"profile.target_class is 'true' but treatment {treatment!r} is not one of the "
+            f"model's classes {list(classes)}"
+        )
+    return list(classes).index(treatment)
+
+
+def profile_store(
+    profiler: GradCamProfiler,
+    store: CropStore,
+    target: str | int = "predicted",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    cams_out: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Run the profiler over every cell of a crop store, batch by batch.
+
+    Parameters
+    ----------
+    profiler: the Grad-CAM profiler (its model already on ``device``).
+    store: the well's crop store.
+    target: ``"predicted"`` or one class index for every cell.
+    batch_size: cells per forward/backward pass.
+    cams_out: optional writable ``(N, Z, Y, X)`` array (e.g. a float16 memmap) that receives
+        the upsampled Grad-CAM maps, each scaled to a maximum of 1 (all-zero maps stay 0).
+
+    Returns
+    -------
+    dict with ``embedding`` (N×D float32), ``probabilities`` (N×K float32) and ``scores``
+    ((N,) float64 Grad-CAMO, NaN for all-zero maps). Logs one progress line per batch.
+    """
+    model = profiler.model
+    n, dim, n_classes = len(store), embedding_dim(model), model._fc.out_features
+    out = {
+        "embedding": np.zeros((n, dim), np.float32),
+        "probabilities": np.zeros((n, n_classes), np.float32),
+        "scores": np.zeros(n, np.float64),
+    }
+    if cams_out is not None and tuple(cams_out.shape) != (n, *store.crop_shape):
+        raise ValueError(f"cams_out has shape {cams_out.shape}, expected {(n, *store.crop_shape)}")
+    n_batches = -(-n // batch_size)
+    start = time.perf_counter()
+    for b, lo in enumerate(range(0, n, batch_size)):
+        hi = min(lo + batch_size, n)
+        x = torch.from_numpy(np.array(store.images[lo:hi])).to(device).float()
+        mask = torch.from_numpy(np.array(store.masks[lo:hi])).to(device)
+        if target == "predicted":
+            result = profiler(x, "predicted")
+        else:
+            result = profiler(x, torch.full((hi - lo,), int(target), device=device))
+        cam = upsample_cam(result["cam"], store.crop_shape)
+        out["embedding"][lo:hi] = result["embedding"].float().cpu().numpy()
+        out["probabilities"][lo:hi] = torch.softmax(result["logits"].float(), 1).cpu().numpy()
+        out["scores"][lo:hi] = gradcamo_score(cam, mask).cpu().numpy()
+        if cams_out is not None:
+            # Grad-CAM's scale is arbitrary (tiny for weak gradients, beyond float16 for
+            # strong ones): store each map scaled to a maximum of 1; Grad-CAMO is unchanged.
+            peak = cam.flatten(1).amax(1).clamp(min=torch.finfo(cam.dtype).tiny)
+            cams_out[lo:hi] = (cam / peak[:, None, None, None]).cpu().numpy().astype(cams_out.dtype)
+        elapsed = time.perf_counter() - start
+        log.info(
+            "batch %d/%d: %d/%d cells, %.1f cells/s", b + 1, n_batches, hi, n, hi / elapsed
+        )
+    return out

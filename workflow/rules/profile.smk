@@ -1,0 +1,31 @@
+rule profile:
+    """Embeddings, predictions, 3D Grad-CAM and Grad-CAMO for every cell of one well."""
+    input:
+        images="results/crops/{plate}/{well}/images.npy",
+        masks="results/crops/{plate}/{well}/masks.npy",
+        cells="results/crops/{plate}/{well}/cells.parquet",
+        store_json="results/crops/{plate}/{well}/store.json",
+        model="results/train/model.pt",
+        split="results/split/wells.tsv",
+    output:
+        table="results/profiles/{plate}/{well}.parquet",
+        **(
+            {"cams": "results/profiles/{plate}/{well}.cams.npy"}
+            if config["profile"]["save_cams"]
+            else {}
+        ),
+    log:
+        "logs/profile/{plate}/{well}.log",
+    params:
+        target_layer=config["profile"]["target_layer"],
+        target_class=config["profile"]["target_class"],
+        batch_size=config["profile"]["batch_size"],
+    threads: config["profile"]["threads"]
+    resources:
+        gpu=config["profile"]["gpu"],
+        mem_mb=config["profile"]["mem_mb"],
+        runtime=config["profile"]["runtime"],
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/profile.py"

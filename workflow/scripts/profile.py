@@ -1,0 +1,71 @@
+"""Profile one well: embeddings, predictions, 3D Grad-CAM and Grad-CAMO for every cell."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gradcamo.gradcam import GradCamProfiler
+from gradcamo.io import atomic_path
+from gradcamo.logs import log_to
+from gradcamo.model import load_checkpoint
+from gradcamo.profiles import (
+    check_store_matches,
+    profile_store,
+    profile_table,
+    target_class_index,
+    well_split,
+    write_profile_table,
+)
+from gradcamo.store import CropStore
+
+log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+sm = snakemake  # noqa: F821
+plate, well = sm.wildcards.plate, sm.wildcards.well
+torch.set_num_threads(sm.threads)
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+log.info("profiling %s/%s on %s (%d threads)", plate, well, device_name, sm.threads)
+
+store = CropStore.open(Path(sm.input.store_json).parent)
+model, meta = load_checkpoint(sm.input.model, map_location=device)
+check_store_matches(meta, store, sm.input.model)
+splits = pd.read_csv(sm.input.split, sep="\t", dtype=str)
+row = well_split(splits, plate, well, source=sm.input.split)
+target = target_class_index(sm.params.target_class, row["treatment"], meta["classes"])
+profiler = GradCamProfiler(model, sm.params.target_layer)
+log.info(
+    "%d cells, crop shape %s, Grad-CAM at %s for the %s class",
+    len(store), store.crop_shape, sm.params.target_layer, sm.params.target_class,
+)
+
+
+def run(cams_out=None):
+    result = profile_store(profiler, store, target, sm.params.batch_size, device, cams_out)
+    table = profile_table(
+        store.cells, row["split"], result["embedding"], result["probabilities"],
+        result["scores"], meta["classes"],
+    )
+    write_profile_table(table, sm.output.table)
+    return table
+
+
+if "cams" in sm.output.keys():
+    cams_shape = (len(store), *store.crop_shape)
+    with atomic_path(sm.output.cams) as tmp:
+        if len(store):
+            cams = np.lib.format.open_memmap(tmp, "w+", np.float16, cams_shape)
+            table = run(cams)
+            cams.flush()
+            del cams
+        else:  # a zero-length file cannot be memory-mapped
+            np.save(tmp, np.zeros(cams_shape, np.float16))
+            table = run()
+else:
+    table = run()
+log.info(
+    "wrote %d cells; Grad-CAMO > 0.5 for %.1f %% (NaN for %d)",
+    len(table), 100 * float((table["Metadata_GradCAMO"] > 0.5).mean()) if len(table) else 0.0,
+    int(table["Metadata_GradCAMO"].isna().sum()),
+)
