@@ -100,3 +100,8 @@ def well_images(wildcards):
 def well_labels(wildcards):
     """Ground-truth label paths (or None) of the well's sites, in site order."""
     return list(well_sites(wildcards)["labels"])
+
+
+def aggregate_targets():
+    """Every table and figure of the aggregate stage (names in aggregate.smk)."""
+    return [*AGGREGATE_TABLES.values(), *FIGURES.values()]

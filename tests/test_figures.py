@@ -1,0 +1,167 @@
+"""Figures: each one a readable, non-empty PNG; UMAP on tiny inputs; the Grad-CAM gallery."""
+
+from __future__ import annotations
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from gradcamo import figures
+from gradcamo.aggregate import read_profile_tables, sphere_profiles, well_profiles
+from gradcamo.errors import InputError
+from gradcamo.evaluation import activity_table
+from synthetic_profiles import CHANNELS, CONTROL, CROP, write_profiles
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fig")
+    cells, _ = read_profile_tables(write_profiles(root, crops=True))
+    return root, cells
+
+
+def assert_png(path, min_size=(200, 300)):
+    """A real image: readable, at least ``min_size`` pixels (H, W), not one flat colour."""
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    assert image.shape[0] >= min_size[0] and image.shape[1] >= min_size[1]
+    assert image[..., :3].std() > 0.01
+    return image
+
+
+# ----------------------------------------------------------------------------- UMAP
+
+
+@pytest.mark.parametrize("n", [3, 4, 6])
+def test_umap_handles_tiny_inputs(n):
+    features = np.random.default_rng(0).normal(size=(n, 40))
+    embedding = figures.umap_embedding(features, n_neighbors=15, seed=0)
+    assert embedding.shape == (n, 2) and np.isfinite(embedding).all()
+
+
+def test_umap_is_seeded_and_refuses_too_few():
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 1, (40, 80)), rng.normal(4, 1, (40, 80))])
+    first = figures.umap_embedding(features, n_neighbors=10, seed=3, pca_components=20)
+    again = figures.umap_embedding(features, n_neighbors=10, seed=3, pca_components=20)
+    np.testing.assert_allclose(first, again)
+    # Two well-separated groups stay separated: each point's nearest neighbour is in its group.
+    distances = np.linalg.norm(first[:, None] - first[None], axis=-1) + np.eye(80) * 1e9
+    group = np.repeat([0, 1], 40)
+    assert (group[distances.argmin(1)] == group).mean() > 0.95
+    with pytest.raises(InputError, match="at least 3 profiles, got 2"):
+        figures.umap_embedding(features[:2])
+
+
+def test_subsample_and_extremes():
+    assert list(figures.subsample(5, 10)) == list(range(5))
+    picked = figures.subsample(100, 10, seed=1)
+    assert len(picked) == 10 and len(set(picked)) == 10 and (np.diff(picked) > 0).all()
+    scores = np.array([0.5, np.nan, 0.1, 0.9, 0.3, np.nan, 0.7])
+    low, high = figures.select_extremes(scores, 2)
+    assert list(low) == [2, 4] and list(high) == [3, 6]
+    low, high = figures.select_extremes(scores[:3], 6)  # two finite scores: split, no overlap
+    assert set(low) | set(high) == {0, 2} and not set(low) & set(high)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def test_umap_figures(project, tmp_path):
+    _, cells = project
+    test = sphere_profiles(cells, CONTROL)
+    test = test[test.Metadata_Split == "test"]
+    embedding = figures.umap_embedding(test.filter(like="emb_").to_numpy(), n_neighbors=15)
+    path = tmp_path / "umap_cells.png"
+    figures.save_figure(
+        figures.umap_cells_figure(embedding, test.Metadata_Treatment, test.Metadata_GradCAMO), path
+    )
+    assert_png(path, (500, 1200))
+    figures.save_figure(figures.umap_cells_figure(None, [], [], note="too few cells (n=1)"),
+                        tmp_path / "none.png")
+    assert_png(tmp_path / "none.png")
+
+    wells = sphere_profiles(well_profiles(cells), CONTROL, what="wells")
+    embedding = figures.umap_embedding(wells.filter(like="emb_").to_numpy())
+    figures.save_figure(
+        figures.umap_wells_figure(embedding, wells.Metadata_Treatment, wells.Metadata_Split),
+        tmp_path / "umap_wells.png",
+    )
+    assert_png(tmp_path / "umap_wells.png")
+
+
+def test_gradcamo_figures(project, tmp_path):
+    _, cells = project
+    scores = cells.Metadata_GradCAMO.to_numpy()
+    assert np.isnan(scores).any()
+    figures.save_figure(figures.gradcamo_histogram_figure(scores, 0.5), tmp_path / "hist.png")
+    assert_png(tmp_path / "hist.png")
+    figures.save_figure(
+        figures.gradcamo_by_treatment_figure(scores, cells.Metadata_Treatment, 0.5),
+        tmp_path / "box.png",
+    )
+    assert_png(tmp_path / "box.png")
+    # All scores missing: still a labelled figure, not a crash.
+    figures.save_figure(figures.gradcamo_histogram_figure(np.full(4, np.nan)), tmp_path / "nan.png")
+    assert_png(tmp_path / "nan.png")
+
+
+def test_cam_gallery_reads_crops_and_cams(project, tmp_path):
+    root, cells = project
+    low, high = figures.select_extremes(cells.Metadata_GradCAMO.to_numpy(), 4)
+    stores = {(p, w): root / "results" / "crops" / p / w for p, w in
+              cells[["Metadata_Plate", "Metadata_Well"]].drop_duplicates().itertuples(index=False)}
+    cams = {key: root / "results" / "profiles" / key[0] / f"{key[1]}.cams.npy" for key in stores}
+    lowest = figures.read_gallery_cells(cells.iloc[low], stores, cams)
+    highest = figures.read_gallery_cells(cells.iloc[high], stores, None)
+    assert lowest[0].image.shape == (len(CHANNELS), *CROP) and lowest[0].cam.shape == CROP
+    assert highest[0].cam is None and "Grad-CAMO" in highest[0].label
+    row = cells.iloc[low[0]]
+    expected = np.load(cams[(row.Metadata_Plate, row.Metadata_Well)])[row.Metadata_ProfileRow]
+    np.testing.assert_array_equal(lowest[0].cam, expected.astype(np.float32))
+    path = tmp_path / "gallery.png"
+    figures.save_figure(figures.cam_gallery_figure(lowest, highest, CHANNELS), path)
+    assert_png(path, (800, 600))
+
+    figures.save_figure(figures.cam_gallery_figure([], [], CHANNELS), tmp_path / "none.png")
+    assert_png(tmp_path / "none.png")
+
+    with pytest.raises(InputError, match="no crop store given for well"):
+        figures.read_gallery_cells(cells.iloc[low], {}, None)
+    beyond = cells.iloc[low[:1]].copy()
+    beyond["Metadata_ProfileRow"] = 999
+    with pytest.raises(InputError, match="has .* cells, the profile table refers to cell 999"):
+        figures.read_gallery_cells(beyond, stores, None)
+
+
+def test_max_projection_rgb_is_a_colour_image():
+    image = np.zeros((3, 4, 8, 8), np.float32)
+    image[0, 2, 2:4, 2:4] = 5.0  # channel 0 (blue) bright in one plane only
+    rgb = figures.max_projection_rgb(image)
+    assert rgb.shape == (8, 8, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    assert rgb[3, 3, 2] > rgb[3, 3, 0] and rgb[0, 0].sum() == 0
+
+
+def test_training_curves(tmp_path):
+    history = pd.DataFrame({
+        "epoch": [1, 2, 3], "train_loss": [1.2, 0.8, 0.5], "val_loss": [1.3, 1.0, 0.9],
+        "train_accuracy": [0.4, 0.6, 0.8], "val_accuracy": [0.35, 0.5, 0.55],
+        "learning_rate": [1e-3] * 3, "seconds": [3.0, 3.1, 2.9],
+    })
+    figures.save_figure(figures.training_curves_figure(history), tmp_path / "curves.png")
+    assert_png(tmp_path / "curves.png")
+    # Missing columns and an empty history give labelled panels, not errors.
+    partial = history[["train_loss"]]
+    figures.save_figure(figures.training_curves_figure(partial), tmp_path / "partial.png")
+    assert_png(tmp_path / "partial.png")
+    figures.save_figure(figures.training_curves_figure(history.iloc[:0]), tmp_path / "empty.png")
+    assert_png(tmp_path / "empty.png")
+
+
+def test_activity_figure(project, tmp_path):
+    _, cells = project
+    wells = sphere_profiles(well_profiles(cells), CONTROL, what="wells")
+    table = activity_table(wells, sphere_profiles(cells, CONTROL), CONTROL, null_size=200)
+    figures.save_figure(figures.activity_figure(table), tmp_path / "map.png")
+    assert_png(tmp_path / "map.png")

@@ -1,0 +1,151 @@
+import mimetypes
+
+# Outputs by name; common.smk's aggregate_targets() lists them all for rule all.
+AGGREGATE_TABLES = {
+    "cells": "results/aggregate/cells.parquet",
+    "wells": "results/aggregate/wells.parquet",
+    "wells_sphered": "results/aggregate/wells_sphered.parquet",
+    "map": "results/aggregate/map.parquet",
+    "summary": "results/aggregate/summary.json",
+}
+FIGURES = {
+    "umap_cells": "results/figures/umap_cells.png",
+    "umap_wells": "results/figures/umap_wells.png",
+    "map": "results/figures/map.png",
+    "histogram": "results/figures/gradcamo_histogram.png",
+    "by_treatment": "results/figures/gradcamo_by_treatment.png",
+    "gallery": "results/figures/gradcam_gallery.png",
+    "training_curves": "results/figures/training_curves.png",
+}
+
+# `snakemake --report` embeds the tables; Python's mimetypes does not know Parquet's
+# registered media type, so the report would label them text/plain.
+mimetypes.add_type("application/vnd.apache.parquet", ".parquet")
+
+AGGREGATE_PARAMS = dict(
+    control=config["aggregate"]["control"],
+    gradcamo_threshold=config["aggregate"]["gradcamo_threshold"],
+    sphering_epsilon=config["aggregate"]["sphering_epsilon"],
+    sphering_method=config["aggregate"]["sphering_method"],
+)
+
+
+rule aggregate:
+    """All cells in one table, median well profiles raw and sphered (ZCA on the control
+    wells), phenotypic activity (copairs mAP) and the run summary."""
+    input:
+        profiles=expand_wells("results/profiles/{plate}/{well}.parquet"),
+        metrics="results/train/metrics.json",
+    output:
+        cells=AGGREGATE_TABLES["cells"],
+        wells=report(
+            AGGREGATE_TABLES["wells"],
+            caption="../report/wells.rst",
+            category="Tables",
+        ),
+        wells_sphered=report(
+            AGGREGATE_TABLES["wells_sphered"],
+            caption="../report/wells_sphered.rst",
+            category="Tables",
+        ),
+        map=report(
+            AGGREGATE_TABLES["map"],
+            caption="../report/map_table.rst",
+            category="Tables",
+        ),
+        summary=report(
+            AGGREGATE_TABLES["summary"],
+            caption="../report/summary.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/aggregate.log",
+    params:
+        **AGGREGATE_PARAMS,
+        map_max_cells_per_treatment=config["aggregate"]["map"]["max_cells_per_treatment"],
+        map_null_size=config["aggregate"]["map"]["null_size"],
+        map_seed=config["aggregate"]["map"]["seed"],
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, input: max(4000, int(8 * input.size_mb)),
+        runtime=120,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/aggregate.py"
+
+
+rule figures:
+    """UMAPs, Grad-CAMO distributions, the Grad-CAM gallery, training curves and mAP."""
+    input:
+        cells=AGGREGATE_TABLES["cells"],
+        wells_sphered=AGGREGATE_TABLES["wells_sphered"],
+        map=AGGREGATE_TABLES["map"],
+        history="results/train/history.tsv",
+        crop_stores=expand_wells("results/crops/{plate}/{well}/store.json"),
+        crop_images=expand_wells("results/crops/{plate}/{well}/images.npy"),
+        crop_masks=expand_wells("results/crops/{plate}/{well}/masks.npy"),
+        **(
+            {"cams": expand_wells("results/profiles/{plate}/{well}.cams.npy")}
+            if config["profile"]["save_cams"]
+            else {}
+        ),
+    output:
+        umap_cells=report(
+            FIGURES["umap_cells"],
+            caption="../report/umap_cells.rst",
+            category="Profiles",
+        ),
+        umap_wells=report(
+            FIGURES["umap_wells"],
+            caption="../report/umap_wells.rst",
+            category="Profiles",
+        ),
+        map=report(
+            FIGURES["map"],
+            caption="../report/map.rst",
+            category="Profiles",
+        ),
+        histogram=report(
+            FIGURES["histogram"],
+            caption="../report/gradcamo_histogram.rst",
+            category="Grad-CAMO",
+        ),
+        by_treatment=report(
+            FIGURES["by_treatment"],
+            caption="../report/gradcamo_by_treatment.rst",
+            category="Grad-CAMO",
+        ),
+        gallery=report(
+            FIGURES["gallery"],
+            caption="../report/gradcam_gallery.rst",
+            category="Grad-CAMO",
+        ),
+        training_curves=report(
+            FIGURES["training_curves"],
+            caption="../report/training_curves.rst",
+            category="Training",
+        ),
+    log:
+        "logs/figures.log",
+    params:
+        **AGGREGATE_PARAMS,
+        umap=config["aggregate"]["umap"],
+        umap_max_cells=config["aggregate"]["umap"]["max_cells"],
+        umap_pca_components=config["aggregate"]["umap"]["pca_components"],
+        gallery_cells=config["aggregate"]["gallery_cells"],
+        channels=CHANNELS,
+    threads: 2
+    resources:
+        # Crops and Grad-CAMs are memory-mapped (a few cells read): only the single-cell
+        # table counts (its size is unknown before it exists, e.g. in a dry run).
+        mem_mb=lambda wildcards, input: max(
+            4000,
+            int(6e-6 * os.path.getsize(input.cells)) if os.path.exists(input.cells) else 0,
+        ),
+        runtime=120,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/figures.py"
+

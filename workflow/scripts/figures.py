@@ -1,0 +1,89 @@
+"""The aggregate stage's figures: UMAPs, Grad-CAMO distributions, Grad-CAM gallery,
+training curves, mAP."""
+
+from pathlib import Path
+
+from gradcamo.logs import log_to
+
+log = log_to(snakemake.log[0])
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from gradcamo import figures  # noqa: E402
+from gradcamo.aggregate import apply_sphering, feature_columns, fit_control_sphering  # noqa: E402
+
+params, out = snakemake.params, snakemake.output
+umap_settings = dict(
+    n_neighbors=params.umap["n_neighbors"],
+    min_dist=params.umap["min_dist"],
+    seed=params.umap["seed"],
+    pca_components=params.umap_pca_components,
+)
+
+
+def layout(table, what):
+    """UMAP of a table's features, or (None, reason) when there are too few rows."""
+    if len(table) < figures.MIN_UMAP_SAMPLES:
+        return None, f"too few {what} for a UMAP (n={len(table)})"
+    log.info("UMAP of %d %s", len(table), what)
+    return figures.umap_embedding(table[feature_columns(table)].to_numpy(), **umap_settings), None
+
+
+cells = pd.read_parquet(snakemake.input.cells)
+threshold = params.gradcamo_threshold
+
+# UMAP of held-out cells, sphered on the control cells (all splits).
+sphering = fit_control_sphering(
+    cells, params.control, params.sphering_epsilon, params.sphering_method, "cells"
+)
+test = cells[cells["Metadata_Split"] == "test"]
+keep = figures.subsample(len(test), params.umap_max_cells, params.umap["seed"])
+test = apply_sphering(test.iloc[keep], sphering)
+embedding, note = layout(test, "test-set cells")
+if embedding is not None and len(keep) < (cells["Metadata_Split"] == "test").sum():
+    note = f"random subsample of {len(keep)} test-set cells (aggregate.umap.max_cells)"
+figures.save_figure(
+    figures.umap_cells_figure(embedding, test["Metadata_Treatment"], test["Metadata_GradCAMO"],
+                              threshold, title="Test-set cells (sphered profiles)", note=note),
+    out.umap_cells,
+)
+
+wells = pd.read_parquet(snakemake.input.wells_sphered)
+embedding, note = layout(wells, "wells")
+figures.save_figure(
+    figures.umap_wells_figure(embedding, wells["Metadata_Treatment"], wells["Metadata_Split"], note),
+    out.umap_wells,
+)
+
+scores = cells["Metadata_GradCAMO"].to_numpy()
+figures.save_figure(figures.gradcamo_histogram_figure(scores, threshold), out.histogram)
+figures.save_figure(
+    figures.gradcamo_by_treatment_figure(scores, cells["Metadata_Treatment"], threshold),
+    out.by_treatment,
+)
+
+# Gallery: held-out cells if any has a score, else all cells.
+pool = cells[cells["Metadata_Split"] == "test"]
+if not np.isfinite(pool["Metadata_GradCAMO"]).any():
+    pool = cells
+lowest, highest = figures.select_extremes(pool["Metadata_GradCAMO"].to_numpy(), params.gallery_cells)
+crop_stores = {(Path(p).parent.parent.name, Path(p).parent.name): Path(p).parent
+               for p in snakemake.input.crop_stores}
+cam_files = (
+    {(Path(p).parent.name, Path(p).name.removesuffix(".cams.npy")): p for p in snakemake.input.cams}
+    if "cams" in snakemake.input.keys() else None
+)
+figures.save_figure(
+    figures.cam_gallery_figure(
+        figures.read_gallery_cells(pool.iloc[lowest], crop_stores, cam_files),
+        figures.read_gallery_cells(pool.iloc[highest], crop_stores, cam_files),
+        params.channels,
+    ),
+    out.gallery,
+)
+
+history = pd.read_csv(snakemake.input.history, sep="\t")
+figures.save_figure(figures.training_curves_figure(history), out.training_curves)
+figures.save_figure(figures.activity_figure(pd.read_parquet(snakemake.input.map)), out.map)
+log.info("figures written: %s", ", ".join(out))
