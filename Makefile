@@ -24,11 +24,14 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report report.html
 
-# The confounded variant: background correlated with treatment (see README, "Mini dataset").
+# The confounded variant (background correlated with treatment, see README "Mini dataset"),
+# run in its own working directory so its results sit beside, not over, the clean ones.
 demo-confounded: setup
-	$(BIN)/python workflow/scripts/make_mini_dataset.py --confounded --out results/mini-confounded/data
-	$(BIN)/snakemake --cores $(CORES) -d results/mini-confounded \
-		--config samples=data/samples.tsv
+	$(BIN)/python workflow/scripts/make_mini_dataset.py --confounded --out resources/mini_confounded
+	$(BIN)/snakemake --cores $(CORES) -d results/confounded --configfile config/config.yaml \
+		--config samples=$(CURDIR)/resources/mini_confounded/samples.tsv
+	$(BIN)/snakemake -d results/confounded --configfile config/config.yaml \
+		--config samples=$(CURDIR)/resources/mini_confounded/samples.tsv --report report.html
 
 test: setup
 	$(BIN)/python -m pytest
