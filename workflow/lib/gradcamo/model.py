@@ -67,7 +67,23 @@ def build_model(
         name, pretrained=False, spatial_dims=3, in_channels=in_channels, num_classes=num_classes
     )
     _rebuild_same_padding(model, crop_shape)
+    # MONAI initialises the classifier TensorFlow-style, U(±1/sqrt(num_classes)): with a
+    # handful of treatments that gives logits of ~±10 and a loss that first explodes.
+    # PyTorch's fan-in initialisation keeps the initial logits small.
+    model._fc.reset_parameters()
     return model
+
+
+def set_drop_connect_rate(model: EfficientNetBN, rate: float) -> None:
+    """Set stochastic depth ("drop connect") for training, ramped over blocks as MONAI does.
+
+    Block ``i`` of ``n`` drops its residual branch for a sample with probability
+    ``rate * i / n`` in training mode (MONAI's b0 uses ``rate`` = 0.2); evaluation is unaffected.
+    """
+    blocks = [block for stack in model._blocks for block in stack]
+    for i, block in enumerate(blocks):
+        block.drop_connect_rate = rate * i / len(blocks)
+    model.drop_connect_rate = rate
 
 
 def embedding_dim(model: EfficientNetBN) -> int:

@@ -116,11 +116,12 @@ class CropStoreWriter:
         if self.n_cells == 0:
             np.save(self.path / "images.npy", np.zeros(img_shape, np.float16))
             np.save(self.path / "masks.npy", np.zeros(mask_shape, np.uint8))
-            self._images = self._masks = None
         else:
+            # Create the full-size files now; each block is written through its own short-lived
+            # mapping (see write), so written pages leave this process's resident memory.
             fmt = np.lib.format
-            self._images = fmt.open_memmap(self.path / "images.npy", "w+", np.float16, img_shape)
-            self._masks = fmt.open_memmap(self.path / "masks.npy", "w+", np.uint8, mask_shape)
+            fmt.open_memmap(self.path / "images.npy", "w+", np.float16, img_shape).flush()
+            fmt.open_memmap(self.path / "masks.npy", "w+", np.uint8, mask_shape).flush()
         self._written = 0
 
     def write(self, images: np.ndarray, masks: np.ndarray) -> None:
@@ -131,8 +132,13 @@ class CropStoreWriter:
         if self._written + n > self.n_cells:
             raise ValueError(f"writing {self._written + n} cells into a store of {self.n_cells}")
         sl = slice(self._written, self._written + n)
-        self._images[sl] = images.astype(np.float16)
-        self._masks[sl] = masks.astype(np.uint8)
+        for name, block, dtype in (("images.npy", images, np.float16), ("masks.npy", masks, np.uint8)):
+            # A mapping that stays open would keep every written page resident (and counted
+            # in the job's memory) until the end; unmapping after each block bounds it.
+            target = np.load(self.path / name, mmap_mode="r+")
+            target[sl] = block.astype(dtype)
+            target.flush()
+            del target
         self._written += n
 
     def close(self, cells: pd.DataFrame) -> None:
@@ -142,10 +148,6 @@ class CropStoreWriter:
                 f"store expects {self.n_cells} cells, {self._written} crops written, "
                 f"{len(cells)} table rows"
             )
-        for arr in (self._images, self._masks):
-            if arr is not None:
-                arr.flush()
-        self._images = self._masks = None
         cells.reset_index(drop=True).to_parquet(self.path / "cells.parquet", index=False)
         meta = {
             "channels": self.channels,
