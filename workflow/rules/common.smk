@@ -15,8 +15,9 @@ min_version("9.0")
 # through PYTHONPATH, the Snakefile itself through sys.path.
 LIB_DIR = str(Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "lib")
 sys.path.insert(0, LIB_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (LIB_DIR, os.environ.get("PYTHONPATH")) if p
+# (update() sets the variable for the jobs; the workflow requires none from the user.)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(p for p in (LIB_DIR, os.getenv("PYTHONPATH")) if p)
 )
 # numba (Cellpose, UMAP) and matplotlib need writable caches; Cellpose looks up model
 # weights offline in CELLPOSE_LOCAL_MODELS_PATH. Users may preset any of them.
