@@ -1,0 +1,147 @@
+"""Training throughput: what the model consumes vs what the data loader feeds (cells/s).
+
+Writes real on-disk crop stores (CropStoreWriter, float16 memory-mapped) in a temporary
+folder, then measures in one process:
+
+- model: AdamW training steps (forward, backward, step) of a 3D EfficientNet on a batch held
+  in memory, in cells per second; on CUDA with mixed precision off and on;
+- loader: the training DataLoader alone (class-balanced draws, lazy memory-mapped reads,
+  augmentation, collation), for 0 and 2 workers, in cells per second;
+- ratio: loader / model (the loader should feed at least 2× what the model consumes).
+
+Usage: .venv/bin/python bench/bench_training.py [--cells 512] [--variant b0] [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_table
+from gradcamo.model import build_model
+from gradcamo.store import CropStoreWriter
+from gradcamo.training import autocast_dtype
+
+CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+
+
+def write_stores(
+    root: Path, n_cells: int, crop_shape: tuple[int, int, int], n_wells: int = 8
+) -> pd.DataFrame:
+    """``n_wells`` crop stores of random cells; returns the well table (4 treatments)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    per_well = n_cells // n_wells
+    for w in range(n_wells):
+        path = root / "P1" / f"B{w:02d}"
+        writer = CropStoreWriter(path, per_well, CHANNELS, crop_shape, {"scope": "site"})
+        for start in range(0, per_well, 64):
+            n = min(64, per_well - start)
+            writer.write(
+                rng.random((n, len(CHANNELS), *crop_shape), np.float32),
+                rng.integers(0, 3, (n, *crop_shape), np.uint8),
+            )
+        writer.close(pd.DataFrame({"Metadata_Well": [f"B{w:02d}"] * per_well}))
+        rows.append({"plate": "P1", "well": f"B{w:02d}", "treatment": f"T{w % 4}",
+                     "split": "train", "store": str(path)})
+    return pd.DataFrame(rows)
+
+
+def model_cells_per_second(variant, crop_shape, batch, device, amp, steps) -> float:
+    torch.manual_seed(0)
+    model = build_model(variant, len(CHANNELS), 4, crop_shape).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    images = torch.randn(batch, len(CHANNELS), *crop_shape, device=device)
+    labels = torch.randint(0, 4, (batch,), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def loader_cells_per_second(wells, batch, num_workers, device, epochs=2) -> float:
+    stores, cells = cell_table(wells)
+    labels = cells["treatment"].str[1:].astype(int).to_numpy()
+    augmentation = Augmentation(intensity_jitter=0.1)
+    data = CropCells(stores, cells["store"], cells["row"], labels, augmentation, seed=0)
+    n_draws = (len(data) // batch) * batch
+    seen = 0
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=batch, sampler=BalancedDraws(labels, n_draws, 0, epoch),
+            drop_last=True, num_workers=num_workers, pin_memory=device.type == "cuda",
+        )
+        for images, _ in loader:
+            images.to(device, non_blocking=True)
+            seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", type=int, default=512)
+    parser.add_argument("--variant", default="b0")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--crop", type=int, nargs=3, default=(12, 32, 32), metavar=("Z", "Y", "X"))
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    crop_shape = tuple(args.crop)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"CPU, {torch.get_num_threads()} threads"
+    shape = "×".join(str(s) for s in (len(CHANNELS), *crop_shape))
+    print(f"{args.variant}, crops {shape}, batch {args.batch}, {where}")
+
+    amps = [None] if device.type == "cpu" else [None, autocast_dtype(device, True)]
+    model_speed = {}
+    for amp in amps:
+        name = "fp32" if amp is None else str(amp).replace("torch.", "")
+        model_speed[name] = model_cells_per_second(
+            args.variant, crop_shape, args.batch, device, amp, args.steps
+        )
+    loader_speed = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        wells = write_stores(Path(tmp), args.cells, crop_shape)
+        for workers in (0, 2):
+            loader_speed[workers] = loader_cells_per_second(wells, args.batch, workers, device)
+
+    # The loader must keep up with the fastest way the model is trained.
+    fastest = max(model_speed.values())
+    print(f"{'what':<34}{'cells/s':>10}{'loader / model':>16}")
+    for name, speed in model_speed.items():
+        print(f"{'model train step, ' + name:<34}{speed:>10.1f}")
+    for workers, speed in loader_speed.items():
+        print(f"{f'loader, {workers} workers':<34}{speed:>10.1f}{speed / fastest:>15.1f}×")
+    if len(model_speed) == 2:
+        amp_name = [name for name in model_speed if name != "fp32"][0]
+        gain = model_speed[amp_name] / model_speed["fp32"]
+        print(f"mixed precision ({amp_name}) vs fp32: {gain:.2f}×")
+
+
+if __name__ == "__main__":
+    main()

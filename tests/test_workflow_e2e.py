@@ -1,0 +1,135 @@
+"""The whole workflow, for real, on the bundled mini dataset: raw z-stacks to report.
+
+One Snakemake run (module-scoped) in a temporary project; the tests read what it wrote.
+Real Cellpose training and segmentation, real PyTorch training, real Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import mini_sheet_rows, run_snakemake, write_project
+from gradcamo.store import CropStore
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    workdir = write_project(tmp_path_factory.mktemp("mini-run"), mini_sheet_rows())
+    run_snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def wells():
+    sheet = pd.DataFrame(mini_sheet_rows())
+    return sheet.drop_duplicates(["plate", "well"])[["plate", "well", "treatment"]]
+
+
+def test_rerun_has_nothing_to_do(project):
+    proc = run_snakemake(project, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_qc_for_every_well(project, wells):
+    for plate, well in zip(wells.plate, wells.well):
+        qc = pd.read_parquet(project / f"results/qc/{plate}/{well}.parquet")
+        assert set(qc.channel) == {"DNA", "ER", "RNA", "AGP", "Mito"}
+        assert qc.Metadata_Site.nunique() == 2
+        assert ((qc.saturated_fraction >= 0) & (qc.saturated_fraction <= 1)).all()
+        assert all(len(f) >= 12 for f in qc.focus_per_z)
+    for plate in wells.plate.unique():
+        image = matplotlib.image.imread(project / f"results/qc/{plate}.layout.png")
+        assert image.shape[0] > 200 and image.std() > 0
+
+
+def test_segmentation_reaches_ap_on_held_out_sites(project):
+    scores = json.loads((project / "results/segmentation/scores.json").read_text())
+    table = pd.read_parquet(project / "results/segmentation/scores.parquet")
+    held_out = table[~table.used_for_training]
+    assert len(held_out) >= 20
+    assert held_out.ap50.mean() >= 0.8, held_out[["plate", "well", "site", "ap50", "f1"]]
+    assert scores["held_out"]["ap50"] == pytest.approx(held_out.ap50.mean())
+
+
+def test_crops_for_every_well(project, wells):
+    total = 0
+    for plate, well, treatment in wells.itertuples(index=False):
+        store = CropStore.open(project / f"results/crops/{plate}/{well}")
+        assert store.images.shape[1:] == (5, 12, 32, 32)
+        assert len(store) == len(store.cells) == len(store.masks)
+        if len(store):
+            assert set(store.cells.Metadata_Treatment) == {treatment}
+            assert (store.masks == 1).any(axis=(1, 2, 3)).all(), "every crop holds its cell"
+        total += len(store)
+    assert total >= 300
+
+
+def test_training_learns_above_chance(project):
+    metrics = json.loads((project / "results/train/metrics.json").read_text())
+    history = pd.read_csv(project / "results/train/history.tsv", sep="\t")
+    assert len(history) >= 1 and history.train_loss.notna().all()
+    test = metrics["splits"]["test"]
+    chance = test["chance"]
+    assert test["n_cells"] >= 50
+    assert test["accuracy"] >= chance + 0.25, f"test accuracy {test['accuracy']:.2f} vs chance {chance:.2f}"
+
+
+def test_every_cell_has_a_profile_and_gradcamo(project, wells):
+    split = pd.read_csv(project / "results/split/wells.tsv", sep="\t")
+    assert set(split.split) == {"train", "val", "test"}
+    assert not split.duplicated(["plate", "well"]).any()
+    for plate, well, _ in wells.itertuples(index=False):
+        store = CropStore.open(project / f"results/crops/{plate}/{well}")
+        table = pd.read_parquet(project / f"results/profiles/{plate}/{well}.parquet")
+        assert len(table) == len(store)
+        features = [c for c in table.columns if not c.startswith("Metadata_")]
+        assert len(features) == 1280
+        assert (table[features].dtypes == np.float32).all()
+        assert np.isfinite(table[features].to_numpy()).all()
+        score = table.Metadata_GradCAMO
+        assert ((score >= 0) & (score <= 1) | score.isna()).all()
+        assert ((table.Metadata_Probability > 0) & (table.Metadata_Probability <= 1)).all()
+        cams = np.load(project / f"results/profiles/{plate}/{well}.cams.npy", mmap_mode="r")
+        assert cams.shape == (len(store), 12, 32, 32)
+
+
+def test_aggregate_tables_and_summary(project):
+    cells = pd.read_parquet(project / "results/aggregate/cells.parquet")
+    wells = pd.read_parquet(project / "results/aggregate/wells.parquet")
+    sphered = pd.read_parquet(project / "results/aggregate/wells_sphered.parquet")
+    activity = pd.read_parquet(project / "results/aggregate/map.parquet")
+    summary = json.loads((project / "results/aggregate/summary.json").read_text())
+    assert summary["cells"] == len(cells) and summary["wells"] == len(wells) == len(sphered)
+    assert 0 <= summary["gradcamo"]["share_above"] <= 1
+    assert summary["gradcamo"]["n_scored"] > 0.5 * len(cells)
+    assert set(summary["accuracy"]) == {"train", "val", "test"}
+    features = [c for c in sphered.columns if not c.startswith("Metadata_")]
+    controls = sphered[sphered.Metadata_Treatment == "DMSO"][features].to_numpy()
+    assert np.abs(controls.mean(axis=0)).max() < 1e-3, "sphering centres the controls"
+    treated = activity[(activity.level == "wells") & (activity.subset == "all")]
+    assert set(treated.treatment) == {"CompoundA", "CompoundB", "CompoundC"}
+    assert treated.mean_average_precision.between(0, 1).all()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["umap_cells", "umap_wells", "map", "gradcamo_histogram", "gradcamo_by_treatment",
+     "gradcam_gallery", "training_curves"],
+)
+def test_figures_are_images(project, name):
+    image = matplotlib.image.imread(project / f"results/figures/{name}.png")
+    assert image.ndim == 3 and image.shape[0] >= 200 and image.shape[1] >= 200
+    assert image[..., :3].std() > 0.01, "a figure is not a blank canvas"
+
+
+def test_report(project):
+    run_snakemake(project, "--report", "report.html")
+    html = (project / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000 and "Grad-CAMO" in html

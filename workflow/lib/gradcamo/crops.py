@@ -1,0 +1,424 @@
+"""Single-cell 3D crops: the cell table, crop boxes, cell-of-interest masks, normalisation.
+
+For every labelled cell a box of a fixed shape (Z, Y, X) is centred on the cell's centroid;
+where the box leaves the image it is zero-padded. The crop keeps all channels, normalised
+per channel with robust percentiles (of the site, or of the plate); its mask says which
+voxels belong to the cell (1), to other cells (2) or to neither (0).
+
+A well is written into one crop store (:mod:`gradcamo.store`) site by site in two passes --
+first the cell tables from the label images (so the number of cells is known), then the
+crops of each site straight into the memory-mapped store -- so peak memory is one site's
+z-stack plus its crops, whatever the number of sites.
+
+Axes: z-stacks ``(Z, C, Y, X)``, labels ``(Z, Y, X)``, crops ``(N, C, Z, Y, X)``, masks
+``(N, Z, Y, X)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from skimage.measure import regionprops_table
+
+from gradcamo.errors import InputError
+from gradcamo.io import atomic_path, read_labels, read_zstack
+from gradcamo.store import MASK_BACKGROUND, MASK_CELL, MASK_OTHER, CropStoreWriter
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("site", "plate")
+AXES = ("Z", "Y", "X")
+
+# Columns of the per-site cell table (from the label image alone); the well's metadata
+# columns (plate, well, site, treatment...) are added in front by :func:`write_well_store`.
+GEOMETRY_COLUMNS = [
+    "Metadata_ObjectNumber",
+    *(f"Metadata_Centroid_{a}" for a in AXES),
+    "Metadata_Volume",
+    *(f"Metadata_BBox_{a}Min" for a in AXES),
+    *(f"Metadata_BBox_{a}Max" for a in AXES),
+    "Metadata_BorderContact",
+    "Metadata_PaddingShare",
+]
+METADATA_COLUMNS = [
+    "Metadata_Plate",
+    "Metadata_Well",
+    "Metadata_Site",
+    "Metadata_Treatment",
+    "Metadata_Concentration",
+    "Metadata_Control",
+]
+CELL_COLUMNS = METADATA_COLUMNS[:3] + GEOMETRY_COLUMNS[:1] + METADATA_COLUMNS[3:] + GEOMETRY_COLUMNS[1:]
+
+# A plate's percentiles are estimated from at most this many voxels per channel, taken as a
+# regular stride through each site (exact percentiles would need every site in memory).
+PLATE_SAMPLE_VOXELS = 2_000_000
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def crop_origin(centroid: Sequence[float], crop_shape: Sequence[int]) -> np.ndarray:
+    """First voxel (Z, Y, X) of the box of ``crop_shape`` centred on ``centroid``.
+
+    The centroid's voxel (rounded half up) lands at index ``size // 2`` of each axis: the
+    exact centre for odd sizes, the first of the two central voxels for even sizes.
+    """
+    centre = np.floor(np.asarray(centroid, dtype=float) + 0.5).astype(int)
+    return centre - np.asarray(crop_shape, dtype=int) // 2
+
+
+def box_slices(
+    origin: Sequence[int], crop_shape: Sequence[int], image_shape: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Where a box overlaps the image: ``(slices into the image, slices into the box)``.
+
+    Hand-written (NumPy has no padded window read): the two slice tuples copy the part of
+    the box inside the image; the rest of the box stays as padding. A box entirely outside
+    gives empty slices.
+    """
+    src, dst = [], []
+    for start, size, extent in zip(origin, crop_shape, image_shape):
+        lo, hi = max(int(start), 0), min(int(start) + int(size), int(extent))
+        hi = max(hi, lo)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - int(start), hi - int(start)))
+    return tuple(src), tuple(dst)
+
+
+def padding_share(
+    origin: Sequence[int], crop_shape: Sequence[int], image_shape: Sequence[int]
+) -> float:
+    """Share (0..1) of the box's voxels that lie outside the image (zero padding)."""
+    src, _ = box_slices(origin, crop_shape, image_shape)
+    inside = np.prod([s.stop - s.start for s in src])
+    return float(1.0 - inside / np.prod(crop_shape))
+
+
+def extract_box(
+    volume: np.ndarray, origin: Sequence[int], crop_shape: Sequence[int], fill: float = 0
+) -> np.ndarray:
+    """The box of ``crop_shape`` at ``origin`` over the last three axes of ``volume``.
+
+    Parameters
+    ----------
+    volume: ``(..., Z, Y, X)``; leading axes (e.g. channels) are kept.
+
+    Returns
+    -------
+    ``(..., *crop_shape)`` in ``volume``'s dtype, ``fill`` outside the image.
+    """
+    lead = volume.shape[:-3]
+    out = np.full((*lead, *crop_shape), fill, dtype=volume.dtype)
+    src, dst = box_slices(origin, crop_shape, volume.shape[-3:])
+    out[(Ellipsis, *dst)] = volume[(Ellipsis, *src)]
+    return out
+
+
+def cell_mask(label_box: np.ndarray, object_number: int) -> np.ndarray:
+    """Mask of a crop's labels: 1 the cell of interest, 2 other cells, 0 background (uint8)."""
+    mask = np.full(label_box.shape, MASK_BACKGROUND, np.uint8)
+    mask[label_box > 0] = MASK_OTHER
+    mask[label_box == object_number] = MASK_CELL
+    return mask
+
+
+def cell_table(labels: np.ndarray, crop_shape: Sequence[int]) -> pd.DataFrame:
+    """Geometry of every labelled cell of one site (skimage ``regionprops_table``).
+
+    Parameters
+    ----------
+    labels: ``(Z, Y, X)`` integer labels, 0 = background.
+    crop_shape: ``(Z, Y, X)`` of the crops, for the padding share.
+
+    Returns
+    -------
+    One row per cell in label order, columns :data:`GEOMETRY_COLUMNS`: object number (the
+    label), centroid (voxels), volume (voxels), bounding box (min inclusive, max exclusive),
+    border contact (the cell touches the image's Y/X border) and padding share of its crop.
+    """
+    props = regionprops_table(labels, properties=("label", "centroid", "area", "bbox"))
+    table = pd.DataFrame(
+        {
+            "Metadata_ObjectNumber": props["label"].astype(np.int64),
+            **{f"Metadata_Centroid_{a}": props[f"centroid-{i}"] for i, a in enumerate(AXES)},
+            "Metadata_Volume": props["area"].astype(np.int64),
+            **{f"Metadata_BBox_{a}Min": props[f"bbox-{i}"].astype(np.int64) for i, a in enumerate(AXES)},
+            **{f"Metadata_BBox_{a}Max": props[f"bbox-{i + 3}"].astype(np.int64) for i, a in enumerate(AXES)},
+        }
+    )
+    _, ny, nx = labels.shape
+    table["Metadata_BorderContact"] = (
+        (table["Metadata_BBox_YMin"] == 0)
+        | (table["Metadata_BBox_XMin"] == 0)
+        | (table["Metadata_BBox_YMax"] == ny)
+        | (table["Metadata_BBox_XMax"] == nx)
+    ).astype(bool)
+    centroids = table[[f"Metadata_Centroid_{a}" for a in AXES]].to_numpy()
+    table["Metadata_PaddingShare"] = np.array(
+        [padding_share(crop_origin(c, crop_shape), crop_shape, labels.shape) for c in centroids],
+        dtype=np.float64,
+    )
+    return table[GEOMETRY_COLUMNS]
+
+
+def filter_cells(
+    table: pd.DataFrame,
+    min_volume: int = 0,
+    max_volume: int | None = None,
+    drop_border: bool = False,
+) -> tuple[pd.DataFrame, dict]:
+    """Apply the QC filters to a cell table.
+
+    Returns
+    -------
+    (kept rows, counts): counts has ``n_cells`` (before filtering), ``too_small``,
+    ``too_large``, ``border`` (each filter's drops, a cell counted under every filter it
+    fails) and ``kept``.
+    """
+    volume = table["Metadata_Volume"]
+    too_small = volume < (min_volume or 0)
+    too_large = volume > max_volume if max_volume is not None else pd.Series(False, index=table.index)
+    border = table["Metadata_BorderContact"].astype(bool) if drop_border else pd.Series(False, index=table.index)
+    keep = ~(too_small | too_large | border)
+    counts = {
+        "n_cells": int(len(table)),
+        "too_small": int(too_small.sum()),
+        "too_large": int(too_large.sum()),
+        "border": int(border.sum()),
+        "kept": int(keep.sum()),
+    }
+    return table[keep], counts
+
+
+# ------------------------------------------------------------------------ normalisation
+
+
+def percentile_bounds(voxels: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """Per-channel intensity bounds ``(C, 2)`` = (lower, upper) percentiles.
+
+    Parameters
+    ----------
+    voxels: ``(Z, C, Y, X)`` z-stack, or ``(C, n)`` sampled voxels per channel.
+
+    A channel whose upper percentile does not exceed its lower one (e.g. mostly empty)
+    falls back to its maximum; a constant channel gets the range (lower, lower + 1).
+    """
+    per_channel = voxels.reshape(voxels.shape[0], voxels.shape[1], -1).swapaxes(0, 1) if voxels.ndim == 4 else voxels
+    per_channel = per_channel.reshape(per_channel.shape[0], -1)
+    bounds = np.percentile(per_channel, [lower, upper], axis=1).T.astype(np.float64)
+    maxima = per_channel.max(axis=1).astype(np.float64)
+    flat = bounds[:, 1] <= bounds[:, 0]
+    bounds[flat, 1] = np.where(maxima[flat] > bounds[flat, 0], maxima[flat], bounds[flat, 0] + 1.0)
+    return bounds
+
+
+def sample_voxels(zstack: np.ndarray, max_voxels: int) -> np.ndarray:
+    """At most ``max_voxels`` voxels per channel of a ``(Z, C, Y, X)`` z-stack, ``(C, n)``.
+
+    A regular stride through the flattened stack: deterministic, no random state.
+    """
+    per_channel = np.moveaxis(zstack, 1, 0).reshape(zstack.shape[1], -1)
+    step = max(1, int(np.ceil(per_channel.shape[1] / max(int(max_voxels), 1))))
+    return per_channel[:, ::step]
+
+
+def normalize(crops: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """``(x - lower) / (upper - lower)`` per channel; crops ``(..., C, Z, Y, X)``, float32."""
+    lower = bounds[:, 0].reshape(-1, 1, 1, 1).astype(np.float32)
+    scale = (bounds[:, 1] - bounds[:, 0]).reshape(-1, 1, 1, 1).astype(np.float32)
+    return (crops.astype(np.float32) - lower) / scale
+
+
+def crop_cells(
+    zstack: np.ndarray,
+    labels: np.ndarray,
+    cells: pd.DataFrame,
+    crop_shape: Sequence[int],
+    bounds: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crops and masks of the listed cells of one site.
+
+    Parameters
+    ----------
+    zstack: ``(Z, C, Y, X)``; labels: ``(Z, Y, X)`` of the same Z, Y, X.
+    cells: rows with ``Metadata_ObjectNumber`` and ``Metadata_Centroid_{Z,Y,X}``.
+    bounds: ``(C, 2)`` normalisation bounds (:func:`percentile_bounds`).
+
+    Returns
+    -------
+    images ``(N, C, Z, Y, X)`` float32 normalised, 0 where the box leaves the image;
+    masks ``(N, Z, Y, X)`` uint8 (:func:`cell_mask`).
+    """
+    crop_shape = tuple(int(s) for s in crop_shape)
+    n, n_channels = len(cells), zstack.shape[1]
+    images = np.zeros((n, n_channels, *crop_shape), np.float32)
+    masks = np.zeros((n, *crop_shape), np.uint8)
+    channels_first = zstack.transpose(1, 0, 2, 3)  # (C, Z, Y, X) view, no copy
+    centroids = cells[[f"Metadata_Centroid_{a}" for a in AXES]].to_numpy()
+    for i, (obj, centroid) in enumerate(zip(cells["Metadata_ObjectNumber"], centroids)):
+        src, dst = box_slices(crop_origin(centroid, crop_shape), crop_shape, labels.shape)
+        images[(i, slice(None), *dst)] = normalize(channels_first[(slice(None), *src)], bounds)
+        masks[(i, *dst)] = cell_mask(labels[src], int(obj))
+    return images, masks
+
+
+# -------------------------------------------------------------------------- file level
+
+
+@dataclass(frozen=True)
+class SiteFiles:
+    """One site of a well: its number, z-stack (ZCYX) and label image (ZYX)."""
+
+    site: int
+    image: str
+    labels: str
+
+
+def plate_bounds(
+    image_paths: Sequence[str | os.PathLike],
+    n_channels: int,
+    lower: float,
+    upper: float,
+    max_voxels: int = PLATE_SAMPLE_VOXELS,
+) -> np.ndarray:
+    """Per-channel percentile bounds ``(C, 2)`` of a plate, reading one site at a time.
+
+    Each site contributes an equal, strided share of ``max_voxels`` voxels per channel, so
+    memory is one z-stack plus the sample, whatever the number of sites.
+    """
+    if not image_paths:
+        raise ValueError("no images to compute plate percentiles from")
+    per_site = max(1, max_voxels // len(image_paths))
+    samples = [sample_voxels(read_zstack(p, n_channels), per_site) for p in image_paths]
+    return percentile_bounds(np.concatenate(samples, axis=1), lower, upper)
+
+
+def _metadata_frame(metadata: Mapping, site: int, n: int) -> pd.DataFrame:
+    """The well-level ``Metadata_*`` columns for ``n`` cells of one site."""
+    concentration = metadata.get("concentration")
+    control = metadata.get("control")
+    return pd.DataFrame(
+        {
+            "Metadata_Plate": pd.Series([str(metadata["plate"])] * n, dtype=object),
+            "Metadata_Well": pd.Series([str(metadata["well"])] * n, dtype=object),
+            "Metadata_Site": np.full(n, int(site), np.int64),
+            "Metadata_Treatment": pd.Series([str(metadata["treatment"])] * n, dtype=object),
+            "Metadata_Concentration": np.full(
+                n, np.nan if concentration is None else float(concentration), np.float64
+            ),
+            "Metadata_Control": np.full(n, bool(control) if control is not None else False, bool),
+        }
+    )
+
+
+def well_cell_table(
+    sites: Sequence[SiteFiles],
+    metadata: Mapping,
+    crop_shape: Sequence[int],
+    filters: Mapping | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """Pass 1: the filtered cell table of a well, from its label images only.
+
+    Returns
+    -------
+    (table with :data:`CELL_COLUMNS`, site order then object number; filter counts summed
+    over the sites).
+    """
+    filters = dict(filters or {})
+    tables, totals = [], {}
+    for site in sites:
+        labels = read_labels(site.labels)
+        geometry, counts = filter_cells(
+            cell_table(labels, crop_shape),
+            min_volume=filters.get("min_volume") or 0,
+            max_volume=filters.get("max_volume"),
+            drop_border=bool(filters.get("drop_border", False)),
+        )
+        log.info("site %s: %s", site.site, counts)
+        totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
+        meta = _metadata_frame(metadata, site.site, len(geometry))
+        tables.append(pd.concat([meta, geometry.reset_index(drop=True)], axis=1))
+    table = pd.concat(tables, ignore_index=True) if tables else _metadata_frame(metadata, 0, 0)
+    return table.reindex(columns=CELL_COLUMNS), totals
+
+
+def write_well_store(
+    out_dir: str | os.PathLike,
+    sites: Sequence[SiteFiles],
+    metadata: Mapping,
+    channels: Sequence[str],
+    crop_shape: Sequence[int],
+    *,
+    lower_percentile: float = 1.0,
+    upper_percentile: float = 99.8,
+    scope: str = "site",
+    bounds: np.ndarray | None = None,
+    filters: Mapping | None = None,
+) -> dict:
+    """Write one well's crop store (:class:`gradcamo.store.CropStore` format) atomically.
+
+    Parameters
+    ----------
+    out_dir: the store folder; replaced only when the whole store is written.
+    sites: the well's sites in order.
+    metadata: the well's ``plate``, ``well``, ``treatment`` (+ ``concentration``, ``control``).
+    channels: channel names (C).
+    crop_shape: ``(Z, Y, X)``.
+    scope: ``"site"`` (percentiles of each site's z-stack) or ``"plate"`` (``bounds``
+        given, from :func:`plate_bounds`).
+    filters: ``min_volume``, ``max_volume``, ``drop_border``.
+
+    Returns
+    -------
+    A summary: filter counts, ``n_cells`` written.
+
+    Raises
+    ------
+    InputError: a corrupt or missing TIFF, a z-stack with the wrong number of channels, a
+        label image whose shape differs from its z-stack's; nothing is left at ``out_dir``.
+    """
+    if scope not in SCOPES:
+        raise InputError(f"crops.normalization.scope: {scope!r} is not one of {', '.join(SCOPES)}")
+    if scope == "plate" and bounds is None:
+        raise ValueError("scope 'plate' needs the plate's bounds")
+    crop_shape = tuple(int(s) for s in crop_shape)
+    table, counts = well_cell_table(sites, metadata, crop_shape, filters)
+    log.info(
+        "well %s/%s: %d cells segmented, dropped %d too small, %d too large, %d at the border; %d kept",
+        metadata["plate"], metadata["well"], counts.get("n_cells", 0), counts.get("too_small", 0),
+        counts.get("too_large", 0), counts.get("border", 0), len(table),
+    )
+    normalization = {
+        "method": "percentile",
+        "scope": scope,
+        "lower_percentile": float(lower_percentile),
+        "upper_percentile": float(upper_percentile),
+        "bounds": {} if scope == "site" else np.asarray(bounds).tolist(),
+    }
+    with atomic_path(out_dir) as tmp:
+        writer = CropStoreWriter(tmp, len(table), channels, crop_shape, normalization)
+        for site in sites:
+            zstack = read_zstack(site.image, len(channels))
+            labels = read_labels(site.labels, shape=(zstack.shape[0], *zstack.shape[2:]))
+            site_bounds = (
+                percentile_bounds(zstack, lower_percentile, upper_percentile)
+                if scope == "site"
+                else np.asarray(bounds, dtype=np.float64)
+            )
+            if scope == "site":
+                normalization["bounds"][str(site.site)] = site_bounds.tolist()
+            cells = table[table["Metadata_Site"] == site.site]
+            images, masks = crop_cells(zstack, labels, cells, crop_shape, site_bounds)
+            writer.write(images, masks)
+            log.info("site %s: %d crops written", site.site, len(cells))
+            del zstack, labels, images, masks
+        writer.normalization = normalization
+        writer.close(table)
+    return {**counts, "n_cells": int(len(table))}

@@ -1,0 +1,707 @@
+"""Training the 3D EfficientNet on treatment labels: seeded, resumable, early-stopped.
+
+One call, :func:`train_classifier`, takes the well table (``plate, well, treatment, split,
+store``) and returns the model with its best weights, the per-epoch history and the
+metrics per split. Training
+
+- draws cells class-balanced with replacement (:class:`gradcamo.data.BalancedDraws`) and
+  augments them with transforms that keep the biology (:func:`gradcamo.data.augment`);
+- uses AdamW with a one-cycle cosine learning-rate schedule (linear warm-up over the first
+  epoch, cosine decay over all planned steps);
+- uses autocast mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler);
+- recomputes the batch-norm statistics before every evaluation (:func:`refresh_batch_norm`);
+- keeps the weights of the epoch with the best validation accuracy (ties: lower validation
+  loss) and stops when it has not improved for ``patience`` epochs;
+- writes a resume state after every epoch (atomically); a rerun with the same settings and
+  data continues from it, and on the CPU ends bitwise-identical to an uninterrupted run.
+  A state made with other settings or data is ignored (with a warning): training restarts.
+
+History columns: ``train_loss`` / ``train_accuracy`` over the epoch's augmented training
+draws (training mode), ``val_loss`` / ``val_accuracy`` over the validation cells (evaluation
+mode, NaN without validation cells), ``learning_rate`` of the epoch's last step, ``seconds``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+from torch import nn
+from torch.utils.data import DataLoader
+
+from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_table
+from gradcamo.errors import InputError
+from gradcamo.io import atomic_path
+from gradcamo.model import build_model, save_checkpoint, set_drop_connect_rate
+from gradcamo.store import CropStore
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "seconds",
+)
+RESUME_FORMAT = 1
+#: At most this many training cells give the batch-norm statistics used in evaluation.
+BATCH_NORM_CELLS = 2048
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The ``train`` section of the configuration, minus cluster resources.
+
+    ``drop_connect_rate``: stochastic depth of the last block (MONAI's b0 uses 0.2). With
+    small crops the last blocks see 1×1×1 maps, and dropping residual branches per cell then
+    shifts the batch statistics batch norm learns from; evaluation became unstable here
+    (validation losses of 20-400 at 90 % accuracy), hence 0 by default.
+    """
+
+    variant: str = "b0"
+    epochs: int = 12
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.05
+    patience: int = 5
+    seed: int = 0
+    num_workers: int = 0
+    mixed_precision: bool = True
+    drop_connect_rate: float = 0.0
+    augmentation: Augmentation = field(default_factory=Augmentation)
+
+    @classmethod
+    def from_config(cls, train: Mapping[str, Any]) -> "TrainSettings":
+        """Read the ``train`` config section; resource keys (gpu, threads, ...) are ignored."""
+        optional = {"augmentation", "drop_connect_rate"}
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in optional]
+        missing = [name for name in names if name not in train]
+        if missing:
+            raise InputError(f"config section train lacks key(s) {', '.join(missing)}")
+        augment = train.get("augment") or {}
+        settings = cls(
+            **{name: train[name] for name in names},
+            drop_connect_rate=float(train.get("drop_connect_rate", cls.drop_connect_rate)),
+            augmentation=Augmentation(
+                flip_z=bool(augment.get("flip_z", False)),
+                intensity_jitter=float(augment.get("intensity_jitter", 0.0)),
+            ),
+        )
+        if settings.batch_size < 2:
+            raise InputError("config key train.batch_size must be at least 2 (batch norm)")
+        if settings.epochs < 1 or settings.patience < 1:
+            raise InputError("config keys train.epochs and train.patience must be at least 1")
+        return settings
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_classifier` returns.
+
+    ``model``: best weights, eval mode, on the CPU. ``meta``: checkpoint metadata (see
+    :func:`gradcamo.model.save_checkpoint`). ``history``: one row per epoch
+    (``HISTORY_COLUMNS``). ``metrics``: per split, see :func:`classification_metrics`.
+    """
+
+    model: nn.Module
+    meta: dict[str, Any]
+    history: pd.DataFrame
+    metrics: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def choose_device(gpus: int) -> torch.device:
+    """CUDA when GPUs are requested and present; else the CPU (with a warning if requested)."""
+    if gpus > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    if gpus > 0:
+        log.warning("train.gpu = %d but no CUDA device is visible: training on the CPU", gpus)
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
+    """bf16 on CUDA devices that support it, else fp16 on CUDA; None (fp32) on the CPU."""
+    if not mixed_precision or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextlib.contextmanager
+def reproducible(device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms on the CPU for the duration; restores the global flags.
+
+    On CUDA, cuDNN autotuning is enabled instead: bitwise repeatability there would need
+    deterministic 3D depthwise-convolution kernels, which are much slower.
+    """
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def check_stores(
+    stores: Sequence[Path], channels: Sequence[str], crop_shape: Sequence[int]
+) -> dict[str, Any]:
+    """Check every store has the configured channels and crop shape; return the normalisation.
+
+    The normalisation recorded in the checkpoint is that of the first store (the crop stage
+    writes the same method for every well).
+    """
+    normalization: dict[str, Any] = {}
+    for i, path in enumerate(stores):
+        store = CropStore.open(path)
+        if list(store.channels) != list(channels):
+            raise InputError(
+                f"{path}: store channels {store.channels} differ from config channels "
+                f"{list(channels)}"
+            )
+        if tuple(store.crop_shape) != tuple(crop_shape):
+            raise InputError(
+                f"{path}: store crop shape {list(store.crop_shape)} differs from config "
+                f"crops.shape {list(crop_shape)}"
+            )
+        if i == 0:
+            normalization = store.normalization
+    return normalization
+
+
+def fingerprint(
+    settings: TrainSettings, wells: pd.DataFrame, classes: Sequence[str], extra: Mapping
+) -> str:
+    """SHA-256 of everything that determines the training result.
+
+    Settings (without ``num_workers``, which does not change results), classes, ``extra``
+    (channels, crop shape), the split of wells, and per store its ``store.json`` and
+    ``cells.parquet`` bytes and image array shape (images are not hashed: too large).
+    """
+    digest = hashlib.sha256()
+    result_settings = settings.as_dict()
+    result_settings.pop("num_workers")
+    header = [result_settings, list(classes), dict(extra)]
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for row in wells.itertuples(index=False):
+        digest.update(f"{row.plate}\t{row.well}\t{row.treatment}\t{row.split}\n".encode())
+        store = Path(row.store)
+        for name in ("store.json", "cells.parquet"):
+            digest.update(hashlib.sha256((store / name).read_bytes()).digest())
+        digest.update(str(CropStore.open(store).images.shape).encode())
+    return digest.hexdigest()
+
+
+def evaluation_batch_size(batch_size: int) -> int:
+    """Batch size without gradients: larger than in training, at least 64.
+
+    For :func:`refresh_batch_norm` larger batches also matter for accuracy: there each
+    layer normalises with its batch's statistics, which approach the population ones that
+    evaluation uses as batches grow.
+    """
+    return max(64, 2 * batch_size)
+
+
+def _loader(
+    dataset: CropCells,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    seed: int,
+    sampler: BalancedDraws | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    # An explicit generator keeps the DataLoader from drawing on torch's global RNG.
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+# --------------------------------------------------------------------------- loops
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> tuple[float, float, float]:
+    """One pass over the epoch's draws; returns (mean loss, accuracy, last learning rate)."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    lr = optimizer.param_groups[0]["lr"]
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(images)
+            loss = nn.functional.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        loss_sum += float(loss.detach()) * len(labels)
+        correct += int((logits.detach().argmax(1) == labels).sum())
+        seen += len(labels)
+    return loss_sum / seen, correct / seen, lr
+
+
+@torch.no_grad()
+def refresh_batch_norm(
+    model: nn.Module,
+    dataset: CropCells,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+) -> None:
+    """Replace the batch-norm running statistics by their average over ``dataset``.
+
+    MONAI's EfficientNet keeps TensorFlow's batch-norm momentum (0.01): the running
+    statistics that evaluation uses start at (0, 1) and need thousands of steps to forget
+    that start, while normalised crops have variances near 0.01; evaluated before they
+    settle, every block shrinks its input and the logits stop depending on the cell.
+    Recomputing them with the current weights ("precise BN") fixes that at any training
+    length. Unlike :func:`torch.optim.swa_utils.update_bn`, only the batch-norm layers are
+    put in training mode: dropout and drop-connect stay off as in evaluation, so the
+    statistics describe the activations evaluation sees. Batches hold >= 2 cells.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training = model.training
+    model.eval()
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches
+        norm.train()
+    drop_last = len(dataset) >= batch_size
+    for images, _ in _loader(dataset, batch_size, 0, device, seed=0, drop_last=drop_last):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            model(images.to(device, non_blocking=True))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    dataset: CropCells,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Logits ``(N, num_classes)`` float32 of every cell of ``dataset`` (eval mode, as stored)."""
+    model.eval()
+    out = []
+    for images, _ in _loader(dataset, batch_size, num_workers, device, seed=0):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(images.to(device, non_blocking=True))
+        out.append(logits.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model._fc.out_features), np.float32)
+
+
+def loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``logits (N, K)`` for ``labels (N,)``; NaN if N = 0."""
+    if len(labels) == 0:
+        return math.nan, math.nan
+    loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+    return float(loss), float(np.mean(logits.argmax(1) == labels))
+
+
+def classification_metrics(
+    labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy figures of one split.
+
+    Parameters
+    ----------
+    labels, predicted: class ids ``(N,)``.
+    classes: class names; index = class id.
+
+    Returns
+    -------
+    ``n_cells``, ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present
+    in ``labels``), ``confusion_matrix`` (``labels``: class names, ``counts``: rows = true
+    class, columns = predicted), ``chance_level`` (1 / number of classes) and
+    ``majority_class_rate`` (share of the most frequent true class: what always guessing it
+    would score). Accuracies are None for an empty split.
+    """
+    n = len(labels)
+    ids = list(range(len(classes)))
+    counts = np.zeros((len(ids), len(ids)), int)
+    accuracy = balanced = majority = None
+    if n:
+        counts = confusion_matrix(labels, predicted, labels=ids)
+        accuracy = float(accuracy_score(labels, predicted))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+            balanced = float(balanced_accuracy_score(labels, predicted))
+        majority = float(np.bincount(labels).max() / n)
+    return {
+        "n_cells": int(n),
+        "accuracy": accuracy,
+        "balanced_accuracy": balanced,
+        "confusion_matrix": {"labels": list(classes), "counts": counts.astype(int).tolist()},
+        "chance_level": 1.0 / len(classes),
+        "majority_class_rate": majority,
+    }
+
+
+# --------------------------------------------------------------------------- resume state
+
+
+def save_resume_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write the resume state atomically (temporary file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_resume_state(path: str | os.PathLike, expected_fingerprint: str) -> dict[str, Any] | None:
+    """The resume state at ``path`` if it exists and was made with the same settings and data."""
+    path = Path(path)
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from a run killed mid-write
+        leftover.unlink(missing_ok=True)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file: start afresh, and say so
+        log.warning("%s: unreadable resume state (%s); training starts afresh", path, exc)
+        return None
+    if state.get("format") != RESUME_FORMAT or state.get("fingerprint") != expected_fingerprint:
+        log.warning(
+            "%s was made with other training settings or data; training starts afresh", path
+        )
+        return None
+    return state
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Progress:
+    """History and early-stopping bookkeeping; part of the resume state.
+
+    ``best_score``: ``(val accuracy, -val loss)`` of the best epoch, compared as a tuple.
+    ``stale_epochs``: epochs since the best one.
+    """
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score: tuple[float, float] | None = None
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    stopped: bool = False
+
+    def record(self, row: dict[str, float], score: tuple[float, float], model: nn.Module,
+               patience: int) -> None:
+        """Add an epoch's history row; keep the weights if ``score`` is the best so far."""
+        self.history.append(row)
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_epoch, self.stale_epochs = score, int(row["epoch"]), 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.stale_epochs += 1
+        self.stopped = self.stale_epochs >= patience
+
+
+# --------------------------------------------------------------------------- the whole stage
+
+
+def train_classifier(
+    wells: pd.DataFrame,
+    settings: TrainSettings,
+    channels: Sequence[str],
+    crop_shape: Sequence[int],
+    device: torch.device | str = "cpu",
+    resume_path: str | os.PathLike | None = None,
+) -> TrainResult:
+    """Train a 3D EfficientNet to predict each cell's treatment from its crop.
+
+    Parameters
+    ----------
+    wells: one row per well with columns ``plate, well, treatment, split`` (``train``,
+        ``val`` or ``test``) and ``store`` (its crop store folder).
+    settings: training settings.
+    channels: channel names; every store must have them in this order.
+    crop_shape: ``(Z, Y, X)``; every store must have it.
+    device: where to train.
+    resume_path: the resume state file, written after every epoch; None: no resuming.
+
+    Returns
+    -------
+    :class:`TrainResult` with the best epoch's weights and metrics computed with them.
+    """
+    device = torch.device(device)
+    wells = wells.reset_index(drop=True)
+    classes = sorted(wells["treatment"].astype(str).unique())
+    stores, cells = cell_table(wells)
+    normalization = check_stores(stores, channels, crop_shape)
+    labels = cells["treatment"].map({name: i for i, name in enumerate(classes)}).to_numpy(np.int64)
+    rows = {name: np.flatnonzero(cells["split"].to_numpy() == name) for name in SPLITS}
+    _check_splits(cells, rows, classes)
+
+    def dataset(split: str, augmented: bool) -> CropCells:
+        return CropCells(
+            stores,
+            cells["store"].to_numpy()[rows[split]],
+            cells["row"].to_numpy()[rows[split]],
+            labels[rows[split]],
+            augmentation=settings.augmentation if augmented else None,
+            seed=settings.seed,
+        )
+
+    extra = {"channels": list(channels), "crop_shape": [int(s) for s in crop_shape]}
+    key = fingerprint(settings, wells, classes, extra)
+    amp = autocast_dtype(device, settings.mixed_precision)
+    with reproducible(device):
+        model, progress = _fit(
+            dataset("train", augmented=True),
+            dataset("val", augmented=False),
+            len(classes),
+            settings,
+            channels,
+            crop_shape,
+            device,
+            key,
+            resume_path,
+        )
+        metrics = {}
+        for split in SPLITS:
+            data = dataset(split, augmented=False)
+            batch = evaluation_batch_size(settings.batch_size)
+            logits = predict(model, data, batch, device, amp, settings.num_workers)
+            metrics[split] = classification_metrics(data.labels, logits.argmax(1), classes)
+            metrics[split]["n_wells"] = int((wells["split"] == split).sum())
+    meta = {
+        "variant": settings.variant,
+        **extra,
+        "classes": classes,
+        "normalization": normalization,
+        "best_epoch": progress.best_epoch,
+        "epochs_run": len(progress.history),
+        "config": settings.as_dict(),
+        "fingerprint": key,
+    }
+    history = pd.DataFrame(progress.history, columns=list(HISTORY_COLUMNS))
+    return TrainResult(model=model.cpu().eval(), meta=meta, history=history, metrics=metrics)
+
+
+def _check_splits(
+    cells: pd.DataFrame, rows: Mapping[str, np.ndarray], classes: Sequence[str]
+) -> None:
+    """Refuse training without cells; warn about splits that lack a treatment."""
+    if len(rows["train"]) < 2:
+        raise InputError(
+            f"the training wells hold {len(rows['train'])} cell(s): training needs at least 2"
+        )
+    if len(rows["val"]) == 0:
+        log.warning("no validation cells: early stopping is off, the last epoch is kept")
+    for split in SPLITS:
+        present = set(cells["treatment"].iloc[rows[split]])
+        absent = [c for c in classes if c not in present]
+        if absent and len(rows[split]):
+            log.warning(
+                "%s split has no cells of treatment(s) %s; its accuracy covers the other %d",
+                split,
+                ", ".join(absent),
+                len(classes) - len(absent),
+            )
+
+
+def _fit(
+    train_data: CropCells,
+    val_data: CropCells,
+    num_classes: int,
+    settings: TrainSettings,
+    channels: Sequence[str],
+    crop_shape: Sequence[int],
+    device: torch.device,
+    key: str,
+    resume_path: str | os.PathLike | None,
+) -> tuple[nn.Module, Progress]:
+    """The epoch loop; returns the model with its best weights, and the progress."""
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.variant, len(channels), num_classes, crop_shape)
+    set_drop_connect_rate(model, settings.drop_connect_rate)
+    model.to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    steps_per_epoch = max(1, len(train_data) // settings.batch_size)
+    draws_per_epoch = steps_per_epoch * settings.batch_size
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=settings.learning_rate,
+        total_steps=settings.epochs * steps_per_epoch,
+        pct_start=min(0.3, 1.0 / settings.epochs),
+        anneal_strategy="cos",
+        cycle_momentum=False,
+    )
+    amp = autocast_dtype(device, settings.mixed_precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    progress = Progress()
+
+    state = load_resume_state(resume_path, key) if resume_path is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler.is_enabled() and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        progress = Progress(**state["progress"])
+        log.info(
+            "resuming from %s after epoch %d of %d",
+            resume_path,
+            len(progress.history),
+            settings.epochs,
+        )
+    log.info(
+        "training %s on %s (%s): %d train cells (%d draws/epoch), %d validation cells, "
+        "%d classes",
+        settings.variant,
+        device,
+        f"autocast {amp}" if amp else "fp32",
+        len(train_data),
+        draws_per_epoch,
+        len(val_data),
+        num_classes,
+    )
+
+    order = np.random.default_rng(settings.seed).permutation(len(train_data))
+    bn_data = train_data.subset(np.sort(order[:BATCH_NORM_CELLS]))
+    eval_batch = evaluation_batch_size(settings.batch_size)
+    for epoch in range(len(progress.history) + 1, settings.epochs + 1):
+        if progress.stopped:
+            break
+        start = time.perf_counter()
+        draws = BalancedDraws(train_data.labels, draws_per_epoch, settings.seed, epoch)
+        loader = _loader(
+            train_data, settings.batch_size, settings.num_workers, device,
+            seed=settings.seed + epoch, sampler=draws, drop_last=True,
+        )
+        train_loss, train_acc, lr = train_one_epoch(
+            model, loader, optimizer, scheduler, scaler, device, amp
+        )
+        refresh_batch_norm(model, bn_data, eval_batch, device, amp)
+        val_logits = predict(model, val_data, eval_batch, device, amp, settings.num_workers)
+        val_loss, val_acc = loss_and_accuracy(val_logits, val_data.labels)
+        seconds = time.perf_counter() - start
+        row = (epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds)
+        # Without validation cells every epoch counts as the best: the last one is kept.
+        score = (val_acc, -val_loss) if len(val_data) else (float(epoch), 0.0)
+        progress.record(dict(zip(HISTORY_COLUMNS, row)), score, model, settings.patience)
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f | lr %.2e | "
+            "%.1f s (%.1f cells/s) | best epoch %d%s",
+            epoch,
+            settings.epochs,
+            *row[1:6],
+            seconds,
+            draws_per_epoch / seconds,
+            progress.best_epoch,
+            "  -> early stop" if progress.stopped else "",
+        )
+        if resume_path is not None:
+            save_resume_state(
+                resume_path,
+                {
+                    "format": RESUME_FORMAT,
+                    "fingerprint": key,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": _rng_state(),
+                    "progress": dict(vars(progress)),
+                },
+            )
+    model.load_state_dict(progress.best_state)
+    return model, progress
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def write_training_outputs(
+    result: TrainResult,
+    model_path: str | os.PathLike,
+    history_path: str | os.PathLike,
+    metrics_path: str | os.PathLike,
+) -> None:
+    """Write the checkpoint, the history TSV and the metrics JSON, each atomically."""
+    with atomic_path(model_path) as tmp:
+        save_checkpoint(tmp, result.model, result.meta)
+    with atomic_path(history_path) as tmp:
+        result.history.to_csv(tmp, sep="\t", index=False)
+    metrics = {
+        "classes": result.meta["classes"],
+        "best_epoch": result.meta["best_epoch"],
+        "epochs_run": result.meta["epochs_run"],
+        "splits": result.metrics,
+    }
+    with atomic_path(metrics_path) as tmp:
+        Path(tmp).write_text(json.dumps(metrics, indent=2))

@@ -1,0 +1,114 @@
+# Cellpose 3 segmentation: an optional model trained on annotated sites, label z-stacks per
+# site, and the segmentation's accuracy on the annotated sites.
+
+SEGMENTATION_MODEL = "results/segmentation/model/cellpose_model"
+# What segment jobs read: the trained model, a custom model file, or nothing for a Cellpose
+# built-in name (the job looks its weights up offline in CELLPOSE_LOCAL_MODELS_PATH).
+SEGMENTATION_MODEL_INPUT = (
+    SEGMENTATION_MODEL
+    if config["segmentation"]["model"] == "trained"
+    else [config["segmentation"]["model"]] if os.path.isfile(config["segmentation"]["model"]) else []
+)
+
+# Sheet rows of segmentation.train.sites ("plate/well/site"), in sheet order.
+SEGMENTATION_TRAINING_SITES = SAMPLES.assign(
+    name=[f"{p}/{w}/{s}" for p, w, s in zip(SAMPLES.plate, SAMPLES.well, SAMPLES.site)]
+).query("name in @config['segmentation']['train']['sites']")
+# Sheet rows with a ground-truth label image: the sites the segmentation is scored on.
+SEGMENTATION_SCORED_SITES = SAMPLES[SAMPLES["labels"].notna()].sort_values(["plate", "well", "site"])
+SEGMENTATION_SCORES = (
+    ["results/segmentation/scores.parquet", "results/segmentation/scores.json"]
+    if len(SEGMENTATION_SCORED_SITES)
+    else []
+)
+# For the Snakefile's rule all: score_segmentation's targets, none when no site has labels.
+segmentation_scores = lambda: SEGMENTATION_SCORES
+
+
+rule train_segmentation:
+    """Train a Cellpose model on 2D z-planes of the annotated sites (segmentation.model: trained)."""
+    input:
+        images=list(SEGMENTATION_TRAINING_SITES["image"]),
+        labels=list(SEGMENTATION_TRAINING_SITES["labels"]),
+    output:
+        SEGMENTATION_MODEL,
+    log:
+        "logs/train_segmentation.log",
+    params:
+        sites=list(SEGMENTATION_TRAINING_SITES["name"]),
+        channels=CHANNELS,
+        cytoplasm_channel=config["segmentation"]["cytoplasm_channel"],
+        nucleus_channel=config["segmentation"]["nucleus_channel"],
+        settings=config["segmentation"]["train"],
+    threads: config["segmentation"]["threads"]
+    resources:
+        gpu=config["segmentation"]["gpu"],
+        mem_mb=config["segmentation"]["mem_mb"],
+        runtime=config["segmentation"]["train"]["runtime"],
+    conda:
+        "../../envs/segmentation.yaml"
+    script:
+        "../scripts/train_segmentation.py"
+
+
+rule segment:
+    """Cellpose on the cytoplasm + nucleus channels: one ZYX label TIFF per site of the well."""
+    input:
+        images=well_images,
+        model=SEGMENTATION_MODEL_INPUT,
+    output:
+        directory("results/segment/{plate}/{well}"),
+    log:
+        "logs/segment/{plate}/{well}.log",
+    params:
+        sites=lambda wc: list(well_sites(wc)["site"]),
+        channels=CHANNELS,
+        voxel_size=config["voxel_size"],
+        settings=config["segmentation"],
+    threads: config["segmentation"]["threads"]
+    resources:
+        gpu=config["segmentation"]["gpu"],
+        mem_mb=config["segmentation"]["mem_mb"],
+        runtime=config["segmentation"]["runtime"],
+    conda:
+        "../../envs/segmentation.yaml"
+    script:
+        "../scripts/segment.py"
+
+
+rule score_segmentation:
+    """AP and F1 at IoU 0.5 of the segmentation against every site's ground-truth labels."""
+    input:
+        segments=sorted(
+            {f"results/segment/{r.plate}/{r.well}" for r in SEGMENTATION_SCORED_SITES.itertuples()}
+        ),
+        labels=list(SEGMENTATION_SCORED_SITES["labels"]),
+    output:
+        table="results/segmentation/scores.parquet",
+        summary="results/segmentation/scores.json",
+    log:
+        "logs/score_segmentation.log",
+    params:
+        sites=[
+            {
+                "plate": r.plate,
+                "well": r.well,
+                "site": r.site,
+                "prediction": f"results/segment/{r.plate}/{r.well}/site{r.site}.tif",
+            }
+            for r in SEGMENTATION_SCORED_SITES.itertuples()
+        ],
+        training_sites=(
+            config["segmentation"]["train"]["sites"]
+            if config["segmentation"]["model"] == "trained"
+            else []
+        ),
+        settings=config["segmentation"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../../envs/segmentation.yaml"
+    script:
+        "../scripts/score_segmentation.py"

@@ -1,0 +1,50 @@
+rule split:
+    """Wells (never cells) to train / val / test, stratified by treatment."""
+    input:
+        config["samples"],
+    output:
+        "results/split/wells.tsv",
+    log:
+        "logs/split.log",
+    params:
+        wells=WELLS[["plate", "well", "treatment"]].to_dict("records"),
+        fractions=config["split"]["fractions"],
+        seed=config["split"]["seed"],
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/split.py"
+
+
+rule train:
+    """3D EfficientNet on treatment labels; resumes from results/train/resume/ after preemption."""
+    input:
+        images=expand_wells("results/crops/{plate}/{well}/images.npy"),
+        masks=expand_wells("results/crops/{plate}/{well}/masks.npy"),
+        cells=expand_wells("results/crops/{plate}/{well}/cells.parquet"),
+        store_json=expand_wells("results/crops/{plate}/{well}/store.json"),
+        split="results/split/wells.tsv",
+    output:
+        model="results/train/model.pt",
+        history="results/train/history.tsv",
+        metrics="results/train/metrics.json",
+    log:
+        "logs/train.log",
+    params:
+        channels=CHANNELS,
+        crop_shape=config["crops"]["shape"],
+        settings=config["train"],
+        resume="results/train/resume/last.pt",
+    threads: config["train"]["threads"]
+    resources:
+        gpu=config["train"]["gpu"],
+        mem_mb=config["train"]["mem_mb"],
+        runtime=config["train"]["runtime"],
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/train.py"

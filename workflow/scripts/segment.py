@@ -1,0 +1,46 @@
+"""Segment every site of one well with Cellpose 3: results/segment/{plate}/{well}/site{site}.tif."""
+
+import time
+
+import torch
+
+from gradcamo.io import atomic_path, read_zstack, write_labels
+from gradcamo.logs import log_to
+from gradcamo.segmentation import load_model, resolve_model, segment_zstack, select_device
+
+log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+sm = snakemake  # noqa: F821
+torch.set_num_threads(sm.threads)
+settings = sm.params.settings
+channels = list(sm.params.channels)
+nucleus = settings["nucleus_channel"]
+channel_indices = (
+    channels.index(settings["cytoplasm_channel"]),
+    channels.index(nucleus) if nucleus else None,
+)
+# Fail at once (before reading any image) when the weights are not available offline.
+source = resolve_model(sm.input.model if settings["model"] == "trained" else settings["model"])
+device = select_device()
+log.info("segmenting on %s", f"GPU {torch.cuda.get_device_name(0)}" if device.type == "cuda" else f"CPU ({sm.threads} threads)")
+model = load_model(source, device)
+voxel_z, voxel_y, _ = sm.params.voxel_size
+
+with atomic_path(sm.output[0]) as tmp:
+    tmp.mkdir()
+    for site, path in zip(sm.params.sites, sm.input.images):
+        tic = time.perf_counter()
+        zstack = read_zstack(path, len(channels))
+        labels = segment_zstack(
+            model,
+            zstack,
+            channel_indices,
+            mode=settings["mode"],
+            diameter=settings["diameter"],
+            flow_threshold=settings["flow_threshold"],
+            cellprob_threshold=settings["cellprob_threshold"],
+            stitch_threshold=settings["stitch_threshold"],
+            min_size=settings["min_size"],
+            anisotropy=voxel_z / voxel_y,
+        )
+        write_labels(tmp / f"site{site}.tif", labels)
+        log.info("site %s: %d cells, ZCYX %s, %.1f s", site, labels.max(), zstack.shape, time.perf_counter() - tic)

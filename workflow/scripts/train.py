@@ -1,0 +1,38 @@
+"""Train the 3D EfficientNet (results/train/{model.pt,history.tsv,metrics.json})."""
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gradcamo.errors import InputError
+from gradcamo.logs import log_to
+from gradcamo.training import TrainSettings, choose_device, train_classifier, write_training_outputs
+
+log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+sm = snakemake  # noqa: F821
+torch.set_num_threads(sm.threads)
+
+# The crop store of a well is the folder results/crops/{plate}/{well}/ of its images.npy.
+stores = {
+    (Path(p).parent.parent.name, Path(p).parent.name): str(Path(p).parent) for p in sm.input.images
+}
+wells = pd.read_csv(sm.input.split, sep="\t", dtype=str)
+missing = [f"{p}/{w}" for p, w in zip(wells.plate, wells.well) if (p, w) not in stores]
+if missing:
+    raise InputError(f"{sm.input.split}: no crop store for well(s) {', '.join(missing)}")
+wells["store"] = [stores[(p, w)] for p, w in zip(wells.plate, wells.well)]
+
+settings = TrainSettings.from_config(sm.params.settings)
+device = choose_device(sm.resources.gpu)
+result = train_classifier(
+    wells, settings, sm.params.channels, sm.params.crop_shape, device, resume_path=sm.params.resume
+)
+write_training_outputs(result, sm.output.model, sm.output.history, sm.output.metrics)
+# The run is complete: a later rerun (new code, forced) trains afresh instead of resuming.
+Path(sm.params.resume).unlink(missing_ok=True)
+for split, m in result.metrics.items():
+    log.info(
+        "%s: %d cells, accuracy %s, balanced accuracy %s (chance %.3f)",
+        split, m["n_cells"], m["accuracy"], m["balanced_accuracy"], m["chance_level"],
+    )
