@@ -38,20 +38,22 @@ from gradcamo.samples import (
 )
 
 
-def _schema_error(exc, what):
+def _schema_error(exc, what, is_config=False):
     """Turn snakemake.utils.validate's error into one line naming the key or field."""
-    err = next((a for a in exc.args if hasattr(a, "validator")), None)
+    # WorkflowError flattens its arguments into text; jsonschema's error is its context.
+    err = exc.__cause__ or exc.__context__
+    err = err if hasattr(err, "validator") else None
     if err is None:
         return f"{what}: {exc}"
     path = [str(p) for p in err.absolute_path]
     if err.validator == "additionalProperties":
         allowed = err.schema.get("properties", {}).keys()
         unexpected = [k for k in err.instance if k not in allowed]
-        if what.startswith("config"):
+        if is_config:
             return unknown_key_message(path, unexpected[0], allowed)
         return f"{what}: unknown field(s) {unexpected}"
     where = ".".join(path) if path else "(top level)"
-    if what.startswith("config"):
+    if is_config:
         return f"config key {where!r}: {err.message}"
     return f"{what}: field {where!r}: {err.message}"
 
@@ -59,7 +61,7 @@ def _schema_error(exc, what):
 try:
     validate(config, "../schemas/config.schema.yaml")
 except WorkflowError as exc:
-    raise InputError(_schema_error(exc, "config")) from None
+    raise InputError(_schema_error(exc, "config", is_config=True)) from None
 
 SAMPLE_SHEET = config["samples"]
 SAMPLES = read_sample_sheet(SAMPLE_SHEET)
