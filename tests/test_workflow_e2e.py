@@ -55,7 +55,7 @@ def test_segmentation_reaches_ap_on_held_out_sites(project):
     held_out = table[~table.used_for_training]
     assert len(held_out) >= 20
     assert held_out.ap50.mean() >= 0.8, held_out[["plate", "well", "site", "ap50", "f1"]]
-    assert scores["held_out"]["ap50"] == pytest.approx(held_out.ap50.mean())
+    assert scores["held_out"]["mean_ap"] == pytest.approx(held_out.ap50.mean())
 
 
 def test_crops_for_every_well(project, wells):
@@ -76,7 +76,7 @@ def test_training_learns_above_chance(project):
     history = pd.read_csv(project / "results/train/history.tsv", sep="\t")
     assert len(history) >= 1 and history.train_loss.notna().all()
     test = metrics["splits"]["test"]
-    chance = test["chance"]
+    chance = test["chance_level"]
     assert test["n_cells"] >= 50
     assert test["accuracy"] >= chance + 0.25, f"test accuracy {test['accuracy']:.2f} vs chance {chance:.2f}"
 
@@ -113,9 +113,10 @@ def test_aggregate_tables_and_summary(project):
     features = [c for c in sphered.columns if not c.startswith("Metadata_")]
     controls = sphered[sphered.Metadata_Treatment == "DMSO"][features].to_numpy()
     assert np.abs(controls.mean(axis=0)).max() < 1e-3, "sphering centres the controls"
-    treated = activity[(activity.level == "wells") & (activity.subset == "all")]
+    treated = activity[(activity.level == "well") & (activity.split == "all")]
     assert set(treated.treatment) == {"CompoundA", "CompoundB", "CompoundC"}
     assert treated.mean_average_precision.between(0, 1).all()
+    assert {"gradcamo_above", "gradcamo_below"} <= set(activity.subset)
 
 
 @pytest.mark.parametrize(
