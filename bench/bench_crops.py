@@ -84,14 +84,21 @@ def main() -> None:
     parser.add_argument("--sites", type=int, nargs="+", default=(1, 2, 4))
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--make", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make is not None:
+        make_sites(args.folder, args.make, tuple(args.shape), args.cell_size)
+        return
     if args.child is not None:
         print(json.dumps(run_one(args.folder, args.child, tuple(args.crop))))
         return
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        make_sites(Path(tmp), max(args.sites), tuple(args.shape), args.cell_size)
+        # Sites are made in their own process too: Linux children start with their parent's
+        # peak RSS as their own, so the parent must stay small for ru_maxrss to mean anything.
+        subprocess.run([sys.executable, __file__, "--make", str(max(args.sites)), "--folder", tmp,
+                        "--shape", *map(str, args.shape), "--cell-size", str(args.cell_size)], check=True)
         for n_sites in args.sites:
             cmd = [sys.executable, __file__, "--child", str(n_sites), "--folder", tmp, "--crop", *map(str, args.crop)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

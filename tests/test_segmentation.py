@@ -175,11 +175,17 @@ def test_summary_separates_held_out_sites():
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
     """A CPnet trained from random weights on 4 planes of one synthetic site (~30 s CPU)."""
+    import torch
+
+    # One thread: on a shared 2-core machine a second OpenMP thread mostly waits (10x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     image, labels = touching_cells(seed=0)
     planes, masks = seg.training_planes(image, labels, (3, 0), 4)
     path = tmp_path_factory.mktemp("cellpose") / "cellpose_model"
     summary = seg.train_model(planes, masks, path, epochs=80, learning_rate=0.02, batch_size=4, seed=0)
-    return path, summary
+    yield path, summary
+    torch.set_num_threads(threads)
 
 
 def test_trained_model_segments_a_new_site(trained_model):
@@ -200,3 +206,7 @@ def test_trained_model_segments_a_new_site(trained_model):
 
     single_plane = seg.segment_zstack(model, image[4:5], (3, 0), flow_threshold=0.0, min_size=20)
     assert single_plane.shape == (1, 64, 64) and single_plane.max() > 0
+
+    blank = np.full_like(image, 150)  # a blank field: empty labels, no error
+    labels = seg.segment_zstack(model, blank, (3, 0), flow_threshold=0.0, min_size=20)
+    assert labels.shape == truth.shape and labels.max() == 0

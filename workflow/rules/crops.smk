@@ -11,7 +11,8 @@ rule crop_normalization:
         "logs/crop_normalization/{plate}.log",
     params:
         channels=CHANNELS,
-        normalization=config["crops"]["normalization"],
+        lower_percentile=config["crops"]["normalization"]["lower_percentile"],
+        upper_percentile=config["crops"]["normalization"]["upper_percentile"],
     threads: 1
     resources:
         mem_mb=2000,

@@ -10,6 +10,25 @@ SEGMENTATION_MODEL_INPUT = (
     else [config["segmentation"]["model"]] if os.path.isfile(config["segmentation"]["model"]) else []
 )
 
+# The settings that shape the labels (params: changing one reruns what depends on it;
+# resources such as threads or runtime are left out so that changing them reruns nothing).
+SEGMENTATION_SETTINGS = {
+    key: config["segmentation"][key]
+    for key in (
+        "cytoplasm_channel",
+        "nucleus_channel",
+        "model",
+        "mode",
+        "diameter",
+        "stitch_threshold",
+        "flow_threshold",
+        "cellprob_threshold",
+        "min_size",
+    )
+}
+SEGMENTATION_TRAIN_SETTINGS = {
+    key: value for key, value in config["segmentation"]["train"].items() if key != "runtime"
+}
 # Sheet rows of segmentation.train.sites ("plate/well/site"), in sheet order.
 SEGMENTATION_TRAINING_SITES = SAMPLES.assign(
     name=[f"{p}/{w}/{s}" for p, w, s in zip(SAMPLES.plate, SAMPLES.well, SAMPLES.site)]
@@ -39,7 +58,7 @@ rule train_segmentation:
         channels=CHANNELS,
         cytoplasm_channel=config["segmentation"]["cytoplasm_channel"],
         nucleus_channel=config["segmentation"]["nucleus_channel"],
-        settings=config["segmentation"]["train"],
+        settings=SEGMENTATION_TRAIN_SETTINGS,
     threads: config["segmentation"]["threads"]
     resources:
         gpu=config["segmentation"]["gpu"],
@@ -64,7 +83,7 @@ rule segment:
         sites=lambda wc: list(well_sites(wc)["site"]),
         channels=CHANNELS,
         voxel_size=config["voxel_size"],
-        settings=config["segmentation"],
+        settings=SEGMENTATION_SETTINGS,
     threads: config["segmentation"]["threads"]
     resources:
         gpu=config["segmentation"]["gpu"],
@@ -103,7 +122,11 @@ rule score_segmentation:
             if config["segmentation"]["model"] == "trained"
             else []
         ),
-        settings=config["segmentation"],
+        settings=(
+            {**SEGMENTATION_SETTINGS, "train": SEGMENTATION_TRAIN_SETTINGS}
+            if config["segmentation"]["model"] == "trained"
+            else SEGMENTATION_SETTINGS
+        ),
     threads: 1
     resources:
         mem_mb=2000,

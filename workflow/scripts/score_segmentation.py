@@ -36,12 +36,7 @@ for site, truth_path in zip(sm.params.sites, sm.input.labels):
 scores = pd.DataFrame(rows)
 summary = summarize_scores(scores)
 summary["iou_threshold"] = 0.5
-resource_keys = ("gpu", "threads", "mem_mb", "runtime")
-summary["settings"] = {
-    key: ({k: v for k, v in value.items() if k not in resource_keys} if isinstance(value, dict) else value)
-    for key, value in sm.params.settings.items()
-    if key not in resource_keys
-}
+summary["settings"] = sm.params.settings
 with atomic_path(sm.output.table) as tmp:
     scores.to_parquet(tmp, index=False)
 with atomic_path(sm.output.summary) as tmp:

@@ -5,6 +5,11 @@ where the box leaves the image it is zero-padded. The crop keeps all channels, n
 per channel with robust percentiles (of the site, or of the plate); its mask says which
 voxels belong to the cell (1), to other cells (2) or to neither (0).
 
+Normalisation scope "site" uses each site's own percentiles; scope "plate" uses one set per
+plate, estimated by :func:`plate_bounds` from an equal, strided voxel sample of every site of
+the plate (exact percentiles would need the whole plate in memory; the workflow computes them
+once per plate and hands them to every well of it).
+
 A well is written into one crop store (:mod:`gradcamo.store`) site by site in two passes --
 first the cell tables from the label images (so the number of cells is known), then the
 crops of each site straight into the memory-mapped store -- so peak memory is one site's
@@ -19,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np

@@ -195,6 +195,9 @@ def segment_zstack(
             "planes' masks are not joined into cells)"
         )
     x = cellpose_input(zstack, channel_indices)
+    # Cellpose leaves a channel without contrast un-normalised (raw values into the network,
+    # which then "sees" cells in an empty field); zero is what normalisation would give it.
+    x[:, np.ptp(x, axis=(0, 2, 3)) == 0] = 0
     n_planes = x.shape[0]
     # A fresh dict each call: Cellpose mutates its module-level normalisation defaults.
     normalize = {"normalize": True, "norm3D": True}
