@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
-
-min_version("9.0")
+from snakemake.utils import validate
 
 # The library lives beside the rules; jobs (scripts, conda envs, cluster nodes) find it
 # through PYTHONPATH, the Snakefile itself through sys.path.
