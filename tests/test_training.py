@@ -21,7 +21,7 @@ import torch
 
 from gradcamo.data import Augmentation, BalancedDraws, CropCells, augment, cell_table
 from gradcamo.errors import InputError
-from gradcamo.model import build_model, load_checkpoint
+from gradcamo.model import build_model, load_checkpoint, save_checkpoint, set_drop_connect_rate
 from gradcamo.split import split_wells
 from gradcamo.store import CropStore, CropStoreWriter
 from gradcamo.training import (
@@ -136,6 +136,34 @@ def test_model_forward_on_cpu(crop_shape):
     assert torch.isfinite(logits).all()
     # Fan-in initialised head: small initial logits, not MONAI's TensorFlow-style ±10.
     assert logits.abs().max() < 5
+
+
+def test_group_norm_model_judges_each_cell_alone_and_round_trips(tmp_path):
+    """With ``norm="group"`` a cell's logits do not depend on its batch, even in training
+    mode, and the checkpoint rebuilds the same architecture."""
+    torch.manual_seed(0)
+    model = build_model("b0", 5, 4, (8, 16, 16), norm="group").train()
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    model._dropout.p = 0.0  # switch off the random layers: dropout and drop connect
+    set_drop_connect_rate(model, 0.0)
+    cells = torch.randn(3, 5, 8, 16, 16)
+    with torch.no_grad():
+        together = model(cells)
+        alone = torch.cat([model(cells[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+    meta = {"variant": "b0", "norm": "group", "channels": list("ABCDE"), "classes": list("wxyz"),
+            "crop_shape": [8, 16, 16], "normalization": {}}
+    save_checkpoint(tmp_path / "model.pt", model, meta)
+    loaded, loaded_meta = load_checkpoint(tmp_path / "model.pt")
+    assert loaded_meta["norm"] == "group"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(cells), model.eval()(cells))
+
+
+def test_unknown_norm_is_named():
+    with pytest.raises(InputError, match="norm 'layer'"):
+        build_model("b0", 5, 4, (8, 16, 16), norm="layer")
 
 
 # ----------------------------------------------------------------------------- data

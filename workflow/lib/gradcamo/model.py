@@ -30,6 +30,15 @@ from gradcamo.errors import InputError
 
 VARIANTS = tuple(f"b{i}" for i in range(8))
 
+#: Normalisation layers by name, as MONAI's ``norm`` argument. ``batch`` is the paper's
+#: (TensorFlow's eps and momentum, MONAI's default). ``group`` (8 groups; every EfficientNet
+#: width is a multiple of 8) normalises each cell on its own, so small batches, as on a CPU
+#: or with large 3D crops on a GPU, train and evaluate alike.
+NORMS = {
+    "batch": ("batch", {"eps": 1e-3, "momentum": 0.01}),
+    "group": ("group", {"num_groups": 8, "eps": 1e-3}),
+}
+
 
 def _rebuild_same_padding(model: EfficientNetBN, crop_shape: Sequence[int]) -> None:
     """Replace each static "same" padder by one computed for ``crop_shape`` (Z, Y, X).
@@ -51,20 +60,32 @@ def _rebuild_same_padding(model: EfficientNetBN, crop_shape: Sequence[int]) -> N
 
 
 def build_model(
-    variant: str, in_channels: int, num_classes: int, crop_shape: Sequence[int]
+    variant: str,
+    in_channels: int,
+    num_classes: int,
+    crop_shape: Sequence[int],
+    norm: str = "batch",
 ) -> EfficientNetBN:
     """A randomly initialised 3D EfficientNet for crops of ``crop_shape`` (Z, Y, X).
 
-    Input ``(N, in_channels, Z, Y, X)``, output logits ``(N, num_classes)``.
+    Input ``(N, in_channels, Z, Y, X)``, output logits ``(N, num_classes)``. ``norm`` names
+    the normalisation layers (:data:`NORMS`).
     """
     if variant not in VARIANTS:
         raise InputError(f"model variant {variant!r} is not one of {', '.join(VARIANTS)}")
+    if norm not in NORMS:
+        raise InputError(f"model norm {norm!r} is not one of {', '.join(NORMS)}")
     if len(crop_shape) != 3 or min(crop_shape) < 1:
         raise InputError(f"crop shape must be three positive sizes (Z, Y, X), got {crop_shape}")
     name = f"efficientnet-{variant}"
     assert name in efficientnet_params
     model = EfficientNetBN(
-        name, pretrained=False, spatial_dims=3, in_channels=in_channels, num_classes=num_classes
+        name,
+        pretrained=False,
+        spatial_dims=3,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        norm=NORMS[norm],
     )
     _rebuild_same_padding(model, crop_shape)
     # MONAI initialises the classifier TensorFlow-style, U(±1/sqrt(num_classes)): with a
@@ -95,7 +116,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     """Save weights plus everything inference needs.
 
     ``meta`` must hold ``variant``, ``channels``, ``classes``, ``crop_shape`` (Z, Y, X) and
-    ``normalization``; anything else (epoch, metrics) is kept too.
+    ``normalization`` (of the crops); ``norm`` (the layers', default ``batch``) and anything
+    else (epoch, metrics) is kept too.
     """
     required = {"variant", "channels", "classes", "crop_shape", "normalization"}
     missing = required - set(meta)
@@ -117,7 +139,11 @@ def load_checkpoint(
     except Exception as exc:
         raise InputError(f"{path}: not a gradcamo checkpoint ({type(exc).__name__}: {exc})") from None
     model = build_model(
-        meta["variant"], len(meta["channels"]), len(meta["classes"]), meta["crop_shape"]
+        meta["variant"],
+        len(meta["channels"]),
+        len(meta["classes"]),
+        meta["crop_shape"],
+        norm=meta.get("norm", "batch"),
     )
     model.load_state_dict(ckpt["state_dict"])
     model.to(map_location).eval()

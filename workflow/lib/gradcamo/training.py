@@ -77,6 +77,7 @@ class TrainSettings:
     """
 
     variant: str = "b0"
+    norm: str = "batch"
     epochs: int = 12
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -84,14 +85,14 @@ class TrainSettings:
     patience: int = 5
     seed: int = 0
     num_workers: int = 0
-    mixed_precision: bool = True
+    mixed_precision: bool = False
     drop_connect_rate: float = 0.0
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     @classmethod
     def from_config(cls, train: Mapping[str, Any]) -> "TrainSettings":
         """Read the ``train`` config section; resource keys (gpu, threads, ...) are ignored."""
-        optional = {"augmentation", "drop_connect_rate"}
+        optional = {"augmentation", "drop_connect_rate", "norm"}
         names = [f.name for f in dataclasses.fields(cls) if f.name not in optional]
         missing = [name for name in names if name not in train]
         if missing:
@@ -100,6 +101,7 @@ class TrainSettings:
         settings = cls(
             **{name: train[name] for name in names},
             drop_connect_rate=float(train.get("drop_connect_rate", cls.drop_connect_rate)),
+            norm=str(train.get("norm", cls.norm)),
             augmentation=Augmentation(
                 flip_z=bool(augment.get("flip_z", False)),
                 intensity_jitter=float(augment.get("intensity_jitter", 0.0)),
@@ -310,6 +312,8 @@ def refresh_batch_norm(
     statistics describe the activations evaluation sees. Batches hold >= 2 cells.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:  # group norm: nothing to refresh
+        return
     was_training = model.training
     model.eval()
     momenta = [norm.momentum for norm in norms]
@@ -537,6 +541,7 @@ def train_classifier(
             metrics[split]["n_wells"] = int((wells["split"] == split).sum())
     meta = {
         "variant": settings.variant,
+        "norm": settings.norm,
         **extra,
         "classes": classes,
         "normalization": normalization,
@@ -584,7 +589,7 @@ def _fit(
 ) -> tuple[nn.Module, Progress]:
     """The epoch loop; returns the model with its best weights, and the progress."""
     torch.manual_seed(settings.seed)
-    model = build_model(settings.variant, len(channels), num_classes, crop_shape)
+    model = build_model(settings.variant, len(channels), num_classes, crop_shape, settings.norm)
     set_drop_connect_rate(model, settings.drop_connect_rate)
     model.to(device)
     optimizer = torch.optim.AdamW(
