@@ -80,11 +80,6 @@ def test_training_runs_and_fits(project):
     assert metrics["splits"]["test"]["n_cells"] >= 50
 
 
-@pytest.mark.xfail(
-    reason="issue 4 open: on the mini dataset the 3D EfficientNet reaches 0.25-0.35 test accuracy "
-    "(chance 0.25) within CI's training budget; needs a better recipe (e.g. GroupNorm)",
-    strict=False,
-)
 def test_training_learns_above_chance(project):
     metrics = json.loads((project / "results/train/metrics.json").read_text())
     test = metrics["splits"]["test"]

@@ -73,9 +73,9 @@ class TreatmentEffect:
 def _default_effects() -> dict[str, TreatmentEffect]:
     return {
         "DMSO": TreatmentEffect(),
-        "CompoundA": TreatmentEffect(nucleus_scale=1.2, responder_fraction=0.6),
-        "CompoundB": TreatmentEffect(mito_fragmentation=0.6, responder_fraction=0.6),
-        "CompoundC": TreatmentEffect(er_coarseness=0.6, responder_fraction=0.6),
+        "CompoundA": TreatmentEffect(nucleus_scale=1.3, responder_fraction=0.85),
+        "CompoundB": TreatmentEffect(mito_fragmentation=0.75, responder_fraction=0.85),
+        "CompoundC": TreatmentEffect(er_coarseness=0.75, responder_fraction=0.85),
     }
 
 
