@@ -187,6 +187,8 @@ def peer_difference(model, x, layer) -> tuple[float, float | None]:
 def setup(args):
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    # As the profile rule does: cuDNN's default TF32 convolutions move Grad-CAM maps visibly.
+    torch.backends.cudnn.allow_tf32 = args.tf32
     model = realistic_model(args.shape).to(device)
     x = torch.randn(args.batch, 5, *args.shape, generator=torch.Generator().manual_seed(1))
     x = x.to(device)
@@ -250,6 +252,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let cuDNN convolutions use TF32 (PyTorch's default; the profile rule turns it off)")
     parser.add_argument("--paper", action="store_true", help="also the paper's 21×128×128 at batch 4")
     parser.add_argument("--memory", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()

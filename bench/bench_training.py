@@ -10,6 +10,7 @@ folder, then measures in one process:
 - ratio: loader / model (the loader should feed at least 2× what the model consumes).
 
 Usage: .venv/bin/python bench/bench_training.py [--cells 512] [--variant b0] [--batch 32]
+       [--norm batch|group]
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ def write_stores(
     return pd.DataFrame(rows)
 
 
-def model_cells_per_second(variant, crop_shape, batch, device, amp, steps) -> float:
+def model_cells_per_second(variant, crop_shape, batch, device, amp, steps, norm) -> float:
     torch.manual_seed(0)
-    model = build_model(variant, len(CHANNELS), 4, crop_shape).to(device).train()
+    model = build_model(variant, len(CHANNELS), 4, crop_shape, norm).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     images = torch.randn(batch, len(CHANNELS), *crop_shape, device=device)
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--crop", type=int, nargs=3, default=(12, 32, 32), metavar=("Z", "Y", "X"))
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--norm", default="batch", choices=["batch", "group"])
     args = parser.parse_args()
     crop_shape = tuple(args.crop)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -115,14 +117,14 @@ def main() -> None:
     else:
         where = f"CPU, {torch.get_num_threads()} threads"
     shape = "×".join(str(s) for s in (len(CHANNELS), *crop_shape))
-    print(f"{args.variant}, crops {shape}, batch {args.batch}, {where}")
+    print(f"{args.variant} ({args.norm} norm), crops {shape}, batch {args.batch}, {where}")
 
     amps = [None] if device.type == "cpu" else [None, autocast_dtype(device, True)]
     model_speed = {}
     for amp in amps:
         name = "fp32" if amp is None else str(amp).replace("torch.", "")
         model_speed[name] = model_cells_per_second(
-            args.variant, crop_shape, args.batch, device, amp, args.steps
+            args.variant, crop_shape, args.batch, device, amp, args.steps, args.norm
         )
     loader_speed = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,6 +26,11 @@ plate, well = sm.wildcards.plate, sm.wildcards.well
 torch.set_num_threads(sm.threads)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+if device.type == "cuda":
+    # PyTorch lets cuDNN convolutions run in TF32 (10-bit mantissa) by default. Grad-CAM maps
+    # are differences of small gradients: on an H100 (bench/bench_gradcam.py, _blocks.2) TF32
+    # moved min-max normalised maps by up to 0.61 from MONAI's; in float32, by 8.3e-4.
+    torch.backends.cudnn.allow_tf32 = False
 log.info("profiling %s/%s on %s (%d threads)", plate, well, device_name, sm.threads)
 
 store = CropStore.open(Path(sm.input.store_json).parent)

@@ -1,0 +1,75 @@
+"""Train the classifier on a finished run's crop stores, outside Snakemake, and print metrics.
+
+For tuning ``train.*`` settings and for checking training on a GPU node: it calls the same
+:func:`gradcamo.training.train_classifier` as the ``train`` rule, on the crop stores and the
+well split a workflow run has written, with the config's ``train`` section plus overrides.
+
+Usage::
+
+    .venv/bin/python bench/train_on_crops.py --results results --set epochs=20 norm=group
+    python3 bench/train_on_crops.py --device cuda --set batch_size=32 learning_rate=0.004
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from gradcamo.training import TrainSettings, train_classifier
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` with ``value`` read as YAML (numbers, booleans, null, lists)."""
+    key, _, value = text.partition("=")
+    return key, yaml.safe_load(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results", help="a workflow run's results folder")
+    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the config's train section")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+
+    config = yaml.safe_load(Path(args.config).read_text())
+    train = dict(config["train"])
+    train.update(parse_override(item) for item in args.set)
+    results = Path(args.results)
+    wells = pd.read_csv(results / "split" / "wells.tsv", sep="\t", dtype=str)
+    wells["store"] = [str(results / "crops" / p / w) for p, w in zip(wells.plate, wells.well)]
+
+    start = time.perf_counter()
+    result = train_classifier(
+        wells, TrainSettings.from_config(train), config["channels"], config["crops"]["shape"],
+        torch.device(args.device),
+    )
+    seconds = time.perf_counter() - start
+    summary = {
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "overrides": dict(parse_override(item) for item in args.set),
+        "seconds": round(seconds, 1),
+        "best_epoch": result.meta["best_epoch"],
+        "epochs_run": result.meta["epochs_run"],
+        **{
+            f"{split}_accuracy": round(m["accuracy"], 3)
+            for split, m in result.metrics.items()
+        },
+        "chance": round(result.metrics["test"]["chance_level"], 3),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
