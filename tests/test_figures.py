@@ -102,6 +102,17 @@ def test_gradcamo_figures(project, tmp_path):
         tmp_path / "box.png",
     )
     assert_png(tmp_path / "box.png")
+    # With the attention shares: a second panel of stacked bars, the figure twice as wide.
+    rng = np.random.default_rng(0)
+    split = rng.dirichlet([1, 1, 1], len(cells))
+    attention = pd.DataFrame(split, columns=["cell", "neighbours", "background"])
+    figures.save_figure(
+        figures.gradcamo_by_treatment_figure(scores, cells.Metadata_Treatment, 0.5, attention),
+        tmp_path / "box_attention.png",
+    )
+    wide, narrow = (matplotlib.image.imread(tmp_path / f) for f in ("box_attention.png", "box.png"))
+    assert wide.shape[1] > 1.8 * narrow.shape[1]
+    assert_png(tmp_path / "box_attention.png")
     # All scores missing: still a labelled figure, not a crash.
     figures.save_figure(figures.gradcamo_histogram_figure(np.full(4, np.nan)), tmp_path / "nan.png")
     assert_png(tmp_path / "nan.png")

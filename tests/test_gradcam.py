@@ -11,7 +11,7 @@ from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 
 from gradcamo.errors import InputError
-from gradcamo.gradcam import GradCamProfiler, gradcamo_score, upsample_cam
+from gradcamo.gradcam import GradCamProfiler, attention_shares, gradcamo_score, upsample_cam
 from gradcamo.model import build_model, embedding_dim
 
 CROP = (8, 64, 64)  # _conv_head is 1×2×2 here, _blocks.3 2×4×4, _blocks.1 2×16×16
@@ -164,6 +164,18 @@ def test_gradcamo_analytic_cases(as_tensor):
     assert score.shape == (4,)
     np.testing.assert_allclose(score[:3], [1.0, 0.0, 18 / 144], rtol=1e-12)
     assert np.isnan(score[3])
+
+
+def test_attention_shares_split_each_map_into_cell_neighbours_background():
+    mask = _masks()  # 18 voxels of the cell, 6 of another cell, 120 of background
+    uniform = np.full(mask.shape, 0.7, np.float32)
+    on_neighbour = (mask == 2).astype(np.float32)
+    cams, masks = np.concatenate([uniform, on_neighbour]), np.repeat(mask, 2, axis=0)
+    shares = attention_shares(cams, masks)
+    np.testing.assert_allclose(shares["cell"], [18 / 144, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(shares["neighbours"], [6 / 144, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(shares["background"], [120 / 144, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(shares["cell"], gradcamo_score(cams, masks))
 
 
 def test_gradcamo_rejects_mismatched_shapes():

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from gradcamo.errors import InputError
-from gradcamo.gradcam import GradCamProfiler, gradcamo_score, upsample_cam
+from gradcamo.gradcam import GradCamProfiler, gradcamo_score, region_share, upsample_cam
 from gradcamo.model import build_model, load_checkpoint, save_checkpoint
 from gradcamo.profiles import (
+    ATTENTION_COLUMNS,
     check_store_matches,
     empty_profile_table,
     feature_columns,
@@ -64,7 +65,8 @@ def run_well(store, checkpoint, target="predicted", batch_size=4, cams=None):
     profiler = GradCamProfiler(model, "_blocks.1")  # 4×8×8 maps at this crop size
     result = profile_store(profiler, store, target, batch_size, "cpu", cams)
     table = profile_table(
-        store.cells, "test", result["embedding"], result["probabilities"], result["scores"], meta["classes"]
+        store.cells, "test", result["embedding"], result["probabilities"], result["scores"],
+        meta["classes"], result["attention"],
     )
     return model, result, table
 
@@ -78,7 +80,8 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
 
     assert len(table) == 10
     meta_cols = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber",
-                 "Metadata_Split", "Metadata_Predicted", "Metadata_Probability", "Metadata_GradCAMO"]
+                 "Metadata_Split", "Metadata_Predicted", "Metadata_Probability", "Metadata_GradCAMO",
+                 "Metadata_GradCAM_NeighbourShare", "Metadata_GradCAM_BackgroundShare"]
     assert list(table.columns) == meta_cols + feature_columns(1280)
     assert feature_columns(1280)[:2] == ["emb_0000", "emb_0001"]
     assert (table.dtypes[feature_columns(1280)] == np.float32).all()
@@ -98,14 +101,25 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
     np.testing.assert_allclose(table["Metadata_GradCAMO"], scores, rtol=1e-3, equal_nan=True)
     assert np.isfinite(result["scores"]).any()
     assert ((result["scores"][np.isfinite(result["scores"])] >= 0) & (result["scores"] <= 1)).all()
+    # Cell, neighbours and background: each map's attention, all of it, and the table's.
+    shares = table[["Metadata_GradCAMO", *ATTENTION_COLUMNS.values()]].to_numpy(np.float64)
+    scored = np.isfinite(shares[:, 0])
+    np.testing.assert_allclose(shares[scored].sum(1), 1.0, rtol=1e-5)
+    assert (shares[scored] >= 0).all()
+    neighbours = region_share(cams.astype(np.float32), np.asarray(store.masks), 2)
+    np.testing.assert_allclose(table["Metadata_GradCAM_NeighbourShare"], neighbours, rtol=1e-3,
+                               atol=1e-6, equal_nan=True)
 
 
 def test_results_do_not_depend_on_batch_size(tmp_path, checkpoint):
     store = write_store(tmp_path / "store", 7)
     _, by_three, _ = run_well(store, checkpoint, batch_size=3)
     _, all_at_once, _ = run_well(store, checkpoint, batch_size=64)
-    for key in by_three:
+    for key in ("embedding", "probabilities", "scores"):
         np.testing.assert_allclose(by_three[key], all_at_once[key], rtol=1e-4, atol=1e-6, equal_nan=True)
+    for region in ATTENTION_COLUMNS:
+        np.testing.assert_allclose(by_three["attention"][region], all_at_once["attention"][region],
+                                   rtol=1e-4, atol=1e-6, equal_nan=True)
 
 
 def test_true_class_target_explains_that_class(tmp_path, checkpoint):

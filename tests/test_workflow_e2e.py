@@ -102,6 +102,10 @@ def test_every_cell_has_a_profile_and_gradcamo(project, wells):
         assert np.isfinite(table[features].to_numpy()).all()
         score = table.Metadata_GradCAMO
         assert ((score >= 0) & (score <= 1) | score.isna()).all()
+        shares = table[["Metadata_GradCAMO", "Metadata_GradCAM_NeighbourShare",
+                        "Metadata_GradCAM_BackgroundShare"]].dropna()
+        assert len(shares) >= len(table) - 1
+        np.testing.assert_allclose(shares.sum(axis=1), 1.0, rtol=1e-4)
         assert ((table.Metadata_Probability > 0) & (table.Metadata_Probability <= 1)).all()
         cams = np.load(project / f"results/profiles/{plate}/{well}.cams.npy", mmap_mode="r")
         assert cams.shape == (len(store), 12, 32, 32)
@@ -117,6 +121,10 @@ def test_aggregate_tables_and_summary(project):
     assert 0 <= summary["gradcamo"]["share_above"] <= 1
     assert summary["gradcamo"]["n_scored"] > 0.5 * len(cells)
     assert set(summary["accuracy"]) == {"train", "val", "test"}
+    attention = summary["attention"]
+    assert set(attention) == {"cell", "neighbours", "background"}
+    assert attention["cell"] == pytest.approx(summary["gradcamo"]["mean"])
+    assert sum(attention.values()) == pytest.approx(1.0, abs=1e-4)
     features = [c for c in sphered.columns if not c.startswith("Metadata_")]
     controls = sphered[sphered.Metadata_Treatment == "DMSO"][features].to_numpy()
     assert np.abs(controls.mean(axis=0)).max() < 1e-3, "sphering centres the controls"

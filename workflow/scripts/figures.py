@@ -11,7 +11,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gradcamo import figures  # noqa: E402
-from gradcamo.aggregate import apply_sphering, feature_columns, fit_control_sphering  # noqa: E402
+from gradcamo.aggregate import (  # noqa: E402
+    apply_sphering,
+    attention_shares,
+    feature_columns,
+    fit_control_sphering,
+)
 
 params, out = snakemake.params, snakemake.output
 umap_settings = dict(
@@ -59,7 +64,9 @@ figures.save_figure(
 scores = cells["Metadata_GradCAMO"].to_numpy()
 figures.save_figure(figures.gradcamo_histogram_figure(scores, threshold), out.histogram)
 figures.save_figure(
-    figures.gradcamo_by_treatment_figure(scores, cells["Metadata_Treatment"], threshold),
+    figures.gradcamo_by_treatment_figure(
+        scores, cells["Metadata_Treatment"], threshold, attention_shares(cells)
+    ),
     out.by_treatment,
 )
 

@@ -51,7 +51,15 @@ PER_CELL_COLUMNS = (
     "Metadata_Predicted",
     "Metadata_Probability",
     "Metadata_GradCAMO",
+    "Metadata_GradCAM_NeighbourShare",
+    "Metadata_GradCAM_BackgroundShare",
 )
+#: Where the Grad-CAM attention of a cell falls (profile-table columns; the first is Grad-CAMO).
+ATTENTION_REGIONS = {
+    "cell": "Metadata_GradCAMO",
+    "neighbours": "Metadata_GradCAM_NeighbourShare",
+    "background": "Metadata_GradCAM_BackgroundShare",
+}
 
 
 # --------------------------------------------------------------------------- columns
@@ -158,7 +166,9 @@ def read_profile_tables(
     cells = pd.concat(tables, ignore_index=True)
     for column in ("Metadata_Plate", "Metadata_Well", "Metadata_Treatment", "Metadata_Split"):
         cells[column] = cells[column].astype(str)
-    cells["Metadata_GradCAMO"] = cells["Metadata_GradCAMO"].astype(np.float64)
+    for column in ATTENTION_REGIONS.values():
+        if column in cells:  # tables written before the shares existed lack the other two
+            cells[column] = cells[column].astype(np.float64)
     # Metadata first, features after, as in every pycytominer table.
     return cells[metadata_columns(cells) + features], empty
 
@@ -402,6 +412,32 @@ def gradcamo_statistics(scores: Iterable[float], threshold: float = 0.5) -> dict
     }
 
 
+def attention_shares(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, the shares of its Grad-CAM attention: columns ``cell`` (Grad-CAMO),
+    ``neighbours`` and ``background`` (NaN where the table lacks a column)."""
+    return pd.DataFrame(
+        {
+            region: cells[column].to_numpy(np.float64) if column in cells else np.nan
+            for region, column in ATTENTION_REGIONS.items()
+        },
+        index=cells.index,
+    )
+
+
+def attention_statistics(cells: pd.DataFrame) -> dict:
+    """Mean share of the Grad-CAM attention on the cell, its neighbours and the background.
+
+    Returns ``{"cell": ..., "neighbours": ..., "background": ...}`` (NaN-excluded means, None
+    where a column is missing or has no values); the three sum to about 1.
+    """
+    out = {}
+    for region, column in ATTENTION_REGIONS.items():
+        values = cells[column].to_numpy(np.float64) if column in cells else np.zeros(0)
+        finite = values[np.isfinite(values)]
+        out[region] = float(finite.mean()) if finite.size else None
+    return out
+
+
 def split_accuracies(metrics: dict) -> dict:
     """Per-split accuracy entries of the training ``metrics.json``.
 
@@ -464,6 +500,11 @@ def summary(
         "training": {k: metrics[k] for k in ("best_epoch", "epochs_run") if k in metrics},
         "gradcamo": gradcamo_statistics(cells["Metadata_GradCAMO"].to_numpy(), threshold),
         "gradcamo_by_split": by_split,
+        "attention": attention_statistics(cells),
+        "attention_by_split": {
+            str(split): attention_statistics(group)
+            for split, group in cells.groupby("Metadata_Split", sort=True)
+        },
         "mean_average_precision": mean_ap,
     }
 

@@ -229,16 +229,28 @@ def gradcamo_histogram_figure(scores: np.ndarray, threshold: float = 0.5) -> Fig
     return figure
 
 
+#: Colours of the attention regions: the cell (Grad-CAMO), its neighbours, the background.
+ATTENTION_COLOURS = {"cell": "#2ca02c", "neighbours": "#ff7f0e", "background": "#7f7f7f"}
+
+
 def gradcamo_by_treatment_figure(
-    scores: np.ndarray, treatments: Sequence[str], threshold: float = 0.5
+    scores: np.ndarray,
+    treatments: Sequence[str],
+    threshold: float = 0.5,
+    attention: pd.DataFrame | None = None,
 ) -> Figure:
-    """Box plot of Grad-CAMO per treatment (NaN excluded), share above the threshold noted."""
+    """Grad-CAMO per treatment: a box plot (NaN excluded, share above the threshold noted) and,
+    given ``attention`` (one row per cell, columns ``cell``, ``neighbours``, ``background``:
+    shares of each cell's map), beside it the mean share of attention on each region."""
     scores = np.asarray(scores, dtype=np.float64)
     treatments = np.asarray(treatments, dtype=str)
     names = sorted(set(treatments))
     groups = [scores[(treatments == t) & np.isfinite(scores)] for t in names]
-    figure = Figure(figsize=(max(5, 1.3 * len(names) + 2), 4.8), layout="constrained")
-    ax = figure.subplots()
+    width = max(5, 1.3 * len(names) + 2)
+    figure = Figure(figsize=(width * (2 if attention is not None else 1), 4.8),
+                    layout="constrained")
+    axes = figure.subplots(1, 2 if attention is not None else 1, squeeze=False)[0]
+    ax = axes[0]
     colours = treatment_colours(names)
     box = ax.boxplot(groups, patch_artist=True, showfliers=False, widths=0.6,
                      medianprops={"color": "black", "linewidth": 1.5})
@@ -263,7 +275,30 @@ def gradcamo_by_treatment_figure(
     ax.set_xlabel("treatment")
     ax.set_ylabel("Grad-CAMO")
     ax.set_title(f"Grad-CAMO per treatment (red: {threshold:g})")
+    if attention is not None:
+        _attention_bars(axes[1], attention, treatments, names)
     return figure
+
+
+def _attention_bars(ax, attention: pd.DataFrame, treatments: np.ndarray, names: list[str]) -> None:
+    """Stacked bars: mean share of each treatment's Grad-CAM attention on each region."""
+    bottom = np.zeros(len(names))
+    for region, colour in ATTENTION_COLOURS.items():
+        values = attention[region].to_numpy(np.float64)
+        means = np.array([np.nanmean(values[treatments == t]) if np.isfinite(
+            values[treatments == t]).any() else 0.0 for t in names])
+        ax.bar(range(len(names)), means, bottom=bottom, color=colour, width=0.6, label=region)
+        for i, (m, b) in enumerate(zip(means, bottom)):
+            if m >= 0.06:
+                ax.text(i, b + m / 2, f"{m:.2f}", ha="center", va="center", fontsize="small")
+        bottom += means
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, fontsize="small")
+    ax.set_ylim(0, 1.0)
+    ax.set_xlabel("treatment")
+    ax.set_ylabel("mean share of Grad-CAM attention")
+    ax.set_title("Where the model looks: the cell, its neighbours, or the background")
+    ax.legend(loc="upper right", fontsize="small", framealpha=0.9)
 
 
 # --------------------------------------------------------------------------- gallery

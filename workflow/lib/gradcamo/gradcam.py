@@ -158,30 +158,53 @@ def upsample_cam(cam: torch.Tensor, crop_shape: Sequence[int]) -> torch.Tensor:
     return F.interpolate(cam[:, None], size=size, mode="trilinear", align_corners=False)[:, 0]
 
 
-def gradcamo_score(cam: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray):
-    """Grad-CAMO per cell: ``sum(A * [M == 1]) / sum(A)`` over the voxels of each crop.
+#: Mask values of a crop (:mod:`gradcamo.store`): where a map's attention can fall.
+MASK_REGIONS = {"cell": 1, "neighbours": 2, "background": 0}
+
+
+def region_share(cam: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray, value: int):
+    """Share of each map's attention on the voxels where ``mask == value``.
 
     Parameters
     ----------
     cam: ``(N, Z, Y, X)`` non-negative maps at crop resolution.
-    mask: ``(N, Z, Y, X)`` crop masks, 1 on the cell of interest.
+    mask: ``(N, Z, Y, X)`` crop masks (0 background, 1 the cell of interest, 2 other cells).
+    value: the mask value of the region.
 
     Returns
     -------
-    ``(N,)`` scores in [0, 1] (float64, NumPy or torch like ``cam``); NaN where a map is zero
+    ``(N,)`` shares in [0, 1] (float64, NumPy or torch like ``cam``); NaN where a map is zero
     everywhere (no attention to measure), without a division warning.
     """
     as_numpy = not isinstance(cam, torch.Tensor)
     if as_numpy:  # copies: memory-mapped inputs are read-only
         cam_t = torch.from_numpy(np.array(cam, np.float64))
-        cell = torch.from_numpy(np.asarray(mask) == 1)
+        region = torch.from_numpy(np.asarray(mask) == value)
     else:
-        cam_t, cell = cam.double(), torch.as_tensor(mask, device=cam.device) == 1
-    if cam_t.shape != cell.shape or cam_t.ndim < 2:
+        cam_t, region = cam.double(), torch.as_tensor(mask, device=cam.device) == value
+    if cam_t.shape != region.shape or cam_t.ndim < 2:
         raise ValueError(
-            f"cam {tuple(cam_t.shape)} and mask {tuple(cell.shape)} must both be (N, Z, Y, X)"
+            f"cam {tuple(cam_t.shape)} and mask {tuple(region.shape)} must both be (N, Z, Y, X)"
         )
     total = cam_t.flatten(1).sum(1)
-    inside = (cam_t * cell).flatten(1).sum(1)
-    score = torch.where(total > 0, inside / torch.where(total > 0, total, 1.0), torch.nan)
-    return score.cpu().numpy() if as_numpy else score
+    inside = (cam_t * region).flatten(1).sum(1)
+    share = torch.where(total > 0, inside / torch.where(total > 0, total, 1.0), torch.nan)
+    return share.cpu().numpy() if as_numpy else share
+
+
+def gradcamo_score(cam: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray):
+    """Grad-CAMO per cell: ``sum(A * [M == 1]) / sum(A)`` over the voxels of each crop.
+
+    ``cam`` and ``mask`` are ``(N, Z, Y, X)``; returns ``(N,)`` scores in [0, 1], NaN where a
+    map is zero everywhere (see :func:`region_share`).
+    """
+    return region_share(cam, mask, MASK_REGIONS["cell"])
+
+
+def attention_shares(cam: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray) -> dict:
+    """Where each map's attention falls: ``{"cell", "neighbours", "background"}`` -> ``(N,)``.
+
+    The three shares of a map sum to 1; ``cell`` is Grad-CAMO. ``neighbours`` (other cells in
+    the crop) and ``background`` (no cell) say what a low Grad-CAMO looks at instead.
+    """
+    return {name: region_share(cam, mask, value) for name, value in MASK_REGIONS.items()}

@@ -7,6 +7,9 @@ A profile table has one row per cell, in crop-store order::
     Metadata_Predicted     predicted treatment (class name)
     Metadata_Probability   softmax probability of the predicted class (float32)
     Metadata_GradCAMO      Grad-CAMO score of the cell (float32, NaN for an all-zero map)
+    Metadata_GradCAM_NeighbourShare   share of the map on other cells in the crop (float32)
+    Metadata_GradCAM_BackgroundShare  share of the map outside every cell (float32); with
+                           Grad-CAMO they sum to 1: where the model looks instead of the cell
     emb_0000 ... emb_D-1   pooled penultimate embedding (float32 features)
 
 Columns follow the image-based profiling convention (pycytominer, CytoTable): every column
@@ -28,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from gradcamo.errors import InputError
-from gradcamo.gradcam import GradCamProfiler, gradcamo_score, upsample_cam
+from gradcamo.gradcam import GradCamProfiler, attention_shares, upsample_cam
 from gradcamo.io import atomic_path
 from gradcamo.model import embedding_dim
 from gradcamo.store import CropStore
@@ -37,6 +40,11 @@ log = logging.getLogger(__name__)
 
 FEATURE_PREFIX = "emb_"
 SPLIT_COLUMNS = ("plate", "well", "treatment", "split")
+#: Profile-table columns of the attention shares other than Grad-CAMO (``attention`` keys).
+ATTENTION_COLUMNS = {
+    "neighbours": "Metadata_GradCAM_NeighbourShare",
+    "background": "Metadata_GradCAM_BackgroundShare",
+}
 
 
 def feature_columns(dim: int) -> list[str]:
@@ -51,6 +59,7 @@ def profile_table(
     probabilities: np.ndarray,
     scores: np.ndarray,
     classes: Sequence[str],
+    attention: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Assemble a well's profile table (see the module docstring for its columns).
 
@@ -62,6 +71,8 @@ def profile_table(
     probabilities: ``(N, K)`` class probabilities (softmax of the logits).
     scores: ``(N,)`` Grad-CAMO scores.
     classes: the K class names, index = class id.
+    attention: ``neighbours`` and ``background`` shares, each ``(N,)``
+        (:func:`gradcamo.gradcam.attention_shares`); None: NaN.
     """
     n = len(cells)
     embedding = np.asarray(embedding, dtype=np.float32)
@@ -82,6 +93,12 @@ def profile_table(
             "Metadata_Predicted": pd.Series(np.asarray(classes, object)[predicted], dtype=object),
             "Metadata_Probability": probabilities[np.arange(n), predicted],
             "Metadata_GradCAMO": scores,
+            **{
+                column: np.asarray(
+                    (attention or {}).get(name, np.full(n, np.nan)), dtype=np.float32
+                )
+                for name, column in ATTENTION_COLUMNS.items()
+            },
         }
     )
     features = pd.DataFrame(embedding, columns=feature_columns(embedding.shape[1]))
@@ -100,6 +117,7 @@ def empty_profile_table(
         np.zeros((0, len(classes)), np.float32),
         np.zeros(0, np.float32),
         classes,
+        {name: np.zeros(0, np.float32) for name in ATTENTION_COLUMNS},
     )
 
 
@@ -195,8 +213,9 @@ def profile_store(
 
     Returns
     -------
-    dict with ``embedding`` (N×D float32), ``probabilities`` (N×K float32) and ``scores``
-    ((N,) float64 Grad-CAMO, NaN for all-zero maps). Logs one progress line per batch.
+    dict with ``embedding`` (N×D float32), ``probabilities`` (N×K float32), ``scores``
+    ((N,) float64 Grad-CAMO, NaN for all-zero maps) and ``attention`` (``neighbours`` and
+    ``background`` shares, (N,) float64 each). Logs one progress line per batch.
     """
     model = profiler.model
     n, dim, n_classes = len(store), embedding_dim(model), model._fc.out_features
@@ -204,6 +223,7 @@ def profile_store(
         "embedding": np.zeros((n, dim), np.float32),
         "probabilities": np.zeros((n, n_classes), np.float32),
         "scores": np.zeros(n, np.float64),
+        "attention": {name: np.zeros(n, np.float64) for name in ATTENTION_COLUMNS},
     }
     if cams_out is not None and tuple(cams_out.shape) != (n, *store.crop_shape):
         raise ValueError(f"cams_out has shape {cams_out.shape}, expected {(n, *store.crop_shape)}")
@@ -220,7 +240,10 @@ def profile_store(
         cam = upsample_cam(result["cam"], store.crop_shape)
         out["embedding"][lo:hi] = result["embedding"].float().cpu().numpy()
         out["probabilities"][lo:hi] = torch.softmax(result["logits"].float(), 1).cpu().numpy()
-        out["scores"][lo:hi] = gradcamo_score(cam, mask).cpu().numpy()
+        shares = attention_shares(cam, mask)
+        out["scores"][lo:hi] = shares["cell"].cpu().numpy()
+        for name in ATTENTION_COLUMNS:
+            out["attention"][name][lo:hi] = shares[name].cpu().numpy()
         if cams_out is not None:
             # Grad-CAM's scale is arbitrary (tiny for weak gradients, beyond float16 for
             # strong ones): store each map scaled to a maximum of 1; Grad-CAMO is unchanged.
