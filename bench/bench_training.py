@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--crop", type=int, nargs=3, default=(12, 32, 32), metavar=("Z", "Y", "X"))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--norm", default="batch", choices=["batch", "group"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                        help="DataLoader worker counts to time (a GPU node has more cores)")
     args = parser.parse_args()
     crop_shape = tuple(args.crop)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -129,7 +131,7 @@ def main() -> None:
     loader_speed = {}
     with tempfile.TemporaryDirectory() as tmp:
         wells = write_stores(Path(tmp), args.cells, crop_shape)
-        for workers in (0, 2):
+        for workers in args.workers:
             loader_speed[workers] = loader_cells_per_second(wells, args.batch, workers, device)
 
     # The loader must keep up with the fastest way the model is trained.

@@ -22,7 +22,7 @@ python3 -c 'import torch, monai; print("torch", torch.__version__, "monai", mona
 
 step() { echo; echo "=== $*"; local t0=$SECONDS; "$@"; echo "(exit $?, $((SECONDS - t0)) s)"; }
 step python3 bench/bench_training.py --steps 30 --batch 32
-step python3 bench/bench_training.py --steps 10 --batch 8 --crop 21 128 128
+step python3 bench/bench_training.py --steps 10 --batch 8 --crop 21 128 128 --workers 0 4 8
 step python3 bench/bench_gradcam.py --device cuda --batch 64 --layer _blocks.2 --repeats 10
 step python3 bench/bench_gradcam.py --device cuda --batch 16 --shape 21 128 128 --repeats 10
 if [ -d results/crops ]; then
