@@ -106,6 +106,7 @@ def test_gradcamo_figures(project, tmp_path):
     rng = np.random.default_rng(0)
     split = rng.dirichlet([1, 1, 1], len(cells))
     attention = pd.DataFrame(split, columns=["cell", "neighbours", "background"])
+    attention["uniform"] = 0.07
     figures.save_figure(
         figures.gradcamo_by_treatment_figure(scores, cells.Metadata_Treatment, 0.5, attention),
         tmp_path / "box_attention.png",

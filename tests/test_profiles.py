@@ -13,6 +13,7 @@ from gradcamo.gradcam import GradCamProfiler, gradcamo_score, region_share, upsa
 from gradcamo.model import build_model, load_checkpoint, save_checkpoint
 from gradcamo.profiles import (
     ATTENTION_COLUMNS,
+    UNIFORM_COLUMN,
     check_store_matches,
     empty_profile_table,
     feature_columns,
@@ -66,7 +67,7 @@ def run_well(store, checkpoint, target="predicted", batch_size=4, cams=None):
     result = profile_store(profiler, store, target, batch_size, "cpu", cams)
     table = profile_table(
         store.cells, "test", result["embedding"], result["probabilities"], result["scores"],
-        meta["classes"], result["attention"],
+        meta["classes"], result["attention"], result["uniform"],
     )
     return model, result, table
 
@@ -81,7 +82,8 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
     assert len(table) == 10
     meta_cols = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber",
                  "Metadata_Split", "Metadata_Predicted", "Metadata_Probability", "Metadata_GradCAMO",
-                 "Metadata_GradCAM_NeighbourShare", "Metadata_GradCAM_BackgroundShare"]
+                 "Metadata_GradCAM_NeighbourShare", "Metadata_GradCAM_BackgroundShare",
+                 "Metadata_GradCAMO_Uniform"]
     assert list(table.columns) == meta_cols + feature_columns(1280)
     assert feature_columns(1280)[:2] == ["emb_0000", "emb_0001"]
     assert (table.dtypes[feature_columns(1280)] == np.float32).all()
@@ -109,6 +111,9 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
     neighbours = region_share(cams.astype(np.float32), np.asarray(store.masks), 2)
     np.testing.assert_allclose(table["Metadata_GradCAM_NeighbourShare"], neighbours, rtol=1e-3,
                                atol=1e-6, equal_nan=True)
+    # The uniform-map baseline is the cell's share of the crop's voxels.
+    masks = np.asarray(store.masks)
+    np.testing.assert_allclose(table[UNIFORM_COLUMN], (masks == 1).reshape(10, -1).mean(1), rtol=1e-6)
 
 
 def test_results_do_not_depend_on_batch_size(tmp_path, checkpoint):
@@ -117,6 +122,7 @@ def test_results_do_not_depend_on_batch_size(tmp_path, checkpoint):
     _, all_at_once, _ = run_well(store, checkpoint, batch_size=64)
     for key in ("embedding", "probabilities", "scores"):
         np.testing.assert_allclose(by_three[key], all_at_once[key], rtol=1e-4, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(by_three["uniform"], all_at_once["uniform"])
     for region in ATTENTION_COLUMNS:
         np.testing.assert_allclose(by_three["attention"][region], all_at_once["attention"][region],
                                    rtol=1e-4, atol=1e-6, equal_nan=True)

@@ -106,6 +106,9 @@ def test_every_cell_has_a_profile_and_gradcamo(project, wells):
                         "Metadata_GradCAM_BackgroundShare"]].dropna()
         assert len(shares) >= len(table) - 1
         np.testing.assert_allclose(shares.sum(axis=1), 1.0, rtol=1e-4)
+        masks = np.asarray(store.masks)
+        np.testing.assert_allclose(table.Metadata_GradCAMO_Uniform,
+                                   (masks == 1).reshape(len(masks), -1).mean(1), rtol=1e-6)
         assert ((table.Metadata_Probability > 0) & (table.Metadata_Probability <= 1)).all()
         cams = np.load(project / f"results/profiles/{plate}/{well}.cams.npy", mmap_mode="r")
         assert cams.shape == (len(store), 12, 32, 32)
@@ -122,9 +125,11 @@ def test_aggregate_tables_and_summary(project):
     assert summary["gradcamo"]["n_scored"] > 0.5 * len(cells)
     assert set(summary["accuracy"]) == {"train", "val", "test"}
     attention = summary["attention"]
-    assert set(attention) == {"cell", "neighbours", "background"}
+    assert set(attention) == {"cell", "neighbours", "background", "cell_if_uniform"}
     assert attention["cell"] == pytest.approx(summary["gradcamo"]["mean"])
-    assert sum(attention.values()) == pytest.approx(1.0, abs=1e-4)
+    regions = attention["cell"] + attention["neighbours"] + attention["background"]
+    assert regions == pytest.approx(1.0, abs=1e-4)
+    assert 0 < attention["cell_if_uniform"] < 0.5
     features = [c for c in sphered.columns if not c.startswith("Metadata_")]
     controls = sphered[sphered.Metadata_Treatment == "DMSO"][features].to_numpy()
     assert np.abs(controls.mean(axis=0)).max() < 1e-3, "sphering centres the controls"

@@ -12,6 +12,7 @@ from gradcamo.logs import log_to
 from gradcamo.model import load_checkpoint
 from gradcamo.profiles import (
     ATTENTION_COLUMNS,
+    UNIFORM_COLUMN,
     check_store_matches,
     profile_store,
     profile_table,
@@ -51,7 +52,7 @@ def run(cams_out=None):
     result = profile_store(profiler, store, target, sm.params.batch_size, device, cams_out)
     table = profile_table(
         store.cells, row["split"], result["embedding"], result["probabilities"],
-        result["scores"], meta["classes"], result["attention"],
+        result["scores"], meta["classes"], result["attention"], result["uniform"],
     )
     write_profile_table(table, sm.output.table)
     return table
@@ -72,8 +73,8 @@ else:
     table = run()
 log.info(
     "wrote %d cells; Grad-CAMO > 0.5 for %.1f %% (NaN for %d); mean attention share: "
-    "cell %.3f, neighbours %.3f, background %.3f",
+    "cell %.3f (a uniform map: %.3f), neighbours %.3f, background %.3f",
     len(table), 100 * float((table["Metadata_GradCAMO"] > 0.5).mean()) if len(table) else 0.0,
     int(table["Metadata_GradCAMO"].isna().sum()),
-    *(table[c].mean() for c in ("Metadata_GradCAMO", *ATTENTION_COLUMNS.values())),
+    *(table[c].mean() for c in ("Metadata_GradCAMO", UNIFORM_COLUMN, *ATTENTION_COLUMNS.values())),
 )

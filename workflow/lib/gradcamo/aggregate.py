@@ -53,7 +53,10 @@ PER_CELL_COLUMNS = (
     "Metadata_GradCAMO",
     "Metadata_GradCAM_NeighbourShare",
     "Metadata_GradCAM_BackgroundShare",
+    "Metadata_GradCAMO_Uniform",
 )
+#: Grad-CAMO of a uniform map per cell: the cell's share of its crop's voxels.
+UNIFORM_COLUMN = "Metadata_GradCAMO_Uniform"
 #: Where the Grad-CAM attention of a cell falls (profile-table columns; the first is Grad-CAMO).
 ATTENTION_REGIONS = {
     "cell": "Metadata_GradCAMO",
@@ -166,7 +169,7 @@ def read_profile_tables(
     cells = pd.concat(tables, ignore_index=True)
     for column in ("Metadata_Plate", "Metadata_Well", "Metadata_Treatment", "Metadata_Split"):
         cells[column] = cells[column].astype(str)
-    for column in ATTENTION_REGIONS.values():
+    for column in (*ATTENTION_REGIONS.values(), UNIFORM_COLUMN):
         if column in cells:  # tables written before the shares existed lack the other two
             cells[column] = cells[column].astype(np.float64)
     # Metadata first, features after, as in every pycytominer table.
@@ -414,11 +417,13 @@ def gradcamo_statistics(scores: Iterable[float], threshold: float = 0.5) -> dict
 
 def attention_shares(cells: pd.DataFrame) -> pd.DataFrame:
     """Per cell, the shares of its Grad-CAM attention: columns ``cell`` (Grad-CAMO),
-    ``neighbours`` and ``background`` (NaN where the table lacks a column)."""
+    ``neighbours`` and ``background``, plus ``uniform`` (the cell's share for a uniform map);
+    NaN where the table lacks a column."""
+    columns = {**ATTENTION_REGIONS, "uniform": UNIFORM_COLUMN}
     return pd.DataFrame(
         {
-            region: cells[column].to_numpy(np.float64) if column in cells else np.nan
-            for region, column in ATTENTION_REGIONS.items()
+            name: cells[column].to_numpy(np.float64) if column in cells else np.nan
+            for name, column in columns.items()
         },
         index=cells.index,
     )
@@ -427,11 +432,12 @@ def attention_shares(cells: pd.DataFrame) -> pd.DataFrame:
 def attention_statistics(cells: pd.DataFrame) -> dict:
     """Mean share of the Grad-CAM attention on the cell, its neighbours and the background.
 
-    Returns ``{"cell": ..., "neighbours": ..., "background": ...}`` (NaN-excluded means, None
-    where a column is missing or has no values); the three sum to about 1.
+    Returns ``{"cell": ..., "neighbours": ..., "background": ..., "cell_if_uniform": ...}``
+    (NaN-excluded means, None where a column is missing or has no values); the first three
+    sum to about 1; ``cell_if_uniform`` is the mean Grad-CAMO a uniform map would get.
     """
     out = {}
-    for region, column in ATTENTION_REGIONS.items():
+    for region, column in {**ATTENTION_REGIONS, "cell_if_uniform": UNIFORM_COLUMN}.items():
         values = cells[column].to_numpy(np.float64) if column in cells else np.zeros(0)
         finite = values[np.isfinite(values)]
         out[region] = float(finite.mean()) if finite.size else None

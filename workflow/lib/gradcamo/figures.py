@@ -281,7 +281,8 @@ def gradcamo_by_treatment_figure(
 
 
 def _attention_bars(ax, attention: pd.DataFrame, treatments: np.ndarray, names: list[str]) -> None:
-    """Stacked bars: mean share of each treatment's Grad-CAM attention on each region."""
+    """Stacked bars: mean share of each treatment's Grad-CAM attention on each region; a black
+    tick marks the cell's share a uniform map would get (``attention["uniform"]``, if given)."""
     bottom = np.zeros(len(names))
     for region, colour in ATTENTION_COLOURS.items():
         values = attention[region].to_numpy(np.float64)
@@ -292,6 +293,12 @@ def _attention_bars(ax, attention: pd.DataFrame, treatments: np.ndarray, names: 
             if m >= 0.06:
                 ax.text(i, b + m / 2, f"{m:.2f}", ha="center", va="center", fontsize="small")
         bottom += means
+    if "uniform" in attention and np.isfinite(attention["uniform"].to_numpy(np.float64)).any():
+        values = attention["uniform"].to_numpy(np.float64)
+        baseline = [np.nanmean(values[treatments == t]) if np.isfinite(values[treatments == t]).any()
+                    else np.nan for t in names]
+        ax.hlines(baseline, np.arange(len(names)) - 0.4, np.arange(len(names)) + 0.4,
+                  colors="black", linewidth=2.5, label="cell, if the map were uniform")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, fontsize="small")
     ax.set_ylim(0, 1.0)

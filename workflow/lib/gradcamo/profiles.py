@@ -10,6 +10,8 @@ A profile table has one row per cell, in crop-store order::
     Metadata_GradCAM_NeighbourShare   share of the map on other cells in the crop (float32)
     Metadata_GradCAM_BackgroundShare  share of the map outside every cell (float32); with
                            Grad-CAMO they sum to 1: where the model looks instead of the cell
+    Metadata_GradCAMO_Uniform  Grad-CAMO a uniform map would get: the cell's share of the
+                           crop's voxels (float32), the baseline to read Grad-CAMO against
     emb_0000 ... emb_D-1   pooled penultimate embedding (float32 features)
 
 Columns follow the image-based profiling convention (pycytominer, CytoTable): every column
@@ -31,7 +33,7 @@ import pyarrow.parquet as pq
 import torch
 
 from gradcamo.errors import InputError
-from gradcamo.gradcam import GradCamProfiler, attention_shares, upsample_cam
+from gradcamo.gradcam import GradCamProfiler, attention_shares, gradcamo_score, upsample_cam
 from gradcamo.io import atomic_path
 from gradcamo.model import embedding_dim
 from gradcamo.store import CropStore
@@ -45,6 +47,7 @@ ATTENTION_COLUMNS = {
     "neighbours": "Metadata_GradCAM_NeighbourShare",
     "background": "Metadata_GradCAM_BackgroundShare",
 }
+UNIFORM_COLUMN = "Metadata_GradCAMO_Uniform"
 
 
 def feature_columns(dim: int) -> list[str]:
@@ -60,6 +63,7 @@ def profile_table(
     scores: np.ndarray,
     classes: Sequence[str],
     attention: dict[str, np.ndarray] | None = None,
+    uniform: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Assemble a well's profile table (see the module docstring for its columns).
 
@@ -73,6 +77,7 @@ def profile_table(
     classes: the K class names, index = class id.
     attention: ``neighbours`` and ``background`` shares, each ``(N,)``
         (:func:`gradcamo.gradcam.attention_shares`); None: NaN.
+    uniform: ``(N,)`` Grad-CAMO of a uniform map (the cell's voxel share); None: NaN.
     """
     n = len(cells)
     embedding = np.asarray(embedding, dtype=np.float32)
@@ -99,6 +104,9 @@ def profile_table(
                 )
                 for name, column in ATTENTION_COLUMNS.items()
             },
+            UNIFORM_COLUMN: np.asarray(
+                np.full(n, np.nan) if uniform is None else uniform, dtype=np.float32
+            ),
         }
     )
     features = pd.DataFrame(embedding, columns=feature_columns(embedding.shape[1]))
@@ -118,6 +126,7 @@ def empty_profile_table(
         np.zeros(0, np.float32),
         classes,
         {name: np.zeros(0, np.float32) for name in ATTENTION_COLUMNS},
+        np.zeros(0, np.float32),
     )
 
 
@@ -215,7 +224,8 @@ def profile_store(
     -------
     dict with ``embedding`` (N×D float32), ``probabilities`` (N×K float32), ``scores``
     ((N,) float64 Grad-CAMO, NaN for all-zero maps) and ``attention`` (``neighbours`` and
-    ``background`` shares, (N,) float64 each). Logs one progress line per batch.
+    ``background`` shares, (N,) float64 each) and ``uniform`` ((N,) Grad-CAMO of a uniform
+    map: the cell's share of the crop's voxels). Logs one progress line per batch.
     """
     model = profiler.model
     n, dim, n_classes = len(store), embedding_dim(model), model._fc.out_features
@@ -224,6 +234,7 @@ def profile_store(
         "probabilities": np.zeros((n, n_classes), np.float32),
         "scores": np.zeros(n, np.float64),
         "attention": {name: np.zeros(n, np.float64) for name in ATTENTION_COLUMNS},
+        "uniform": np.zeros(n, np.float64),
     }
     if cams_out is not None and tuple(cams_out.shape) != (n, *store.crop_shape):
         raise ValueError(f"cams_out has shape {cams_out.shape}, expected {(n, *store.crop_shape)}")
@@ -244,6 +255,7 @@ def profile_store(
         out["scores"][lo:hi] = shares["cell"].cpu().numpy()
         for name in ATTENTION_COLUMNS:
             out["attention"][name][lo:hi] = shares[name].cpu().numpy()
+        out["uniform"][lo:hi] = gradcamo_score(torch.ones_like(cam), mask).cpu().numpy()
         if cams_out is not None:
             # Grad-CAM's scale is arbitrary (tiny for weak gradients, beyond float16 for
             # strong ones): store each map scaled to a maximum of 1; Grad-CAMO is unchanged.
