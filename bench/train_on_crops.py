@@ -44,8 +44,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     config = yaml.safe_load(Path(args.config).read_text())
-    train = dict(config["train"])
-    train.update(parse_override(item) for item in args.set)
+    overrides = dict(parse_override(item) for item in args.set)
+    train = {**config["train"], **overrides}
     results = Path(args.results)
     wells = pd.read_csv(results / "split" / "wells.tsv", sep="\t", dtype=str)
     wells["store"] = [str(results / "crops" / p / w) for p, w in zip(wells.plate, wells.well)]
@@ -58,7 +58,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     summary = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "overrides": dict(parse_override(item) for item in args.set),
+        "overrides": overrides,
         "seconds": round(seconds, 1),
         "best_epoch": result.meta["best_epoch"],
         "epochs_run": result.meta["epochs_run"],

@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sklearn.preprocessing import StandardScaler
 
+from gradcamo.columns import ATTENTION_COLUMNS, GRADCAMO_COLUMN, UNIFORM_COLUMN
 from gradcamo.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -50,19 +51,12 @@ PER_CELL_COLUMNS = (
     "Metadata_ObjectNumber",
     "Metadata_Predicted",
     "Metadata_Probability",
-    "Metadata_GradCAMO",
-    "Metadata_GradCAM_NeighbourShare",
-    "Metadata_GradCAM_BackgroundShare",
-    "Metadata_GradCAMO_Uniform",
+    GRADCAMO_COLUMN,
+    *ATTENTION_COLUMNS.values(),
+    UNIFORM_COLUMN,
 )
-#: Grad-CAMO of a uniform map per cell: the cell's share of its crop's voxels.
-UNIFORM_COLUMN = "Metadata_GradCAMO_Uniform"
 #: Where the Grad-CAM attention of a cell falls (profile-table columns; the first is Grad-CAMO).
-ATTENTION_REGIONS = {
-    "cell": "Metadata_GradCAMO",
-    "neighbours": "Metadata_GradCAM_NeighbourShare",
-    "background": "Metadata_GradCAM_BackgroundShare",
-}
+ATTENTION_REGIONS = {"cell": GRADCAMO_COLUMN, **ATTENTION_COLUMNS}
 
 
 # --------------------------------------------------------------------------- columns
@@ -170,7 +164,7 @@ def read_profile_tables(
     for column in ("Metadata_Plate", "Metadata_Well", "Metadata_Treatment", "Metadata_Split"):
         cells[column] = cells[column].astype(str)
     for column in (*ATTENTION_REGIONS.values(), UNIFORM_COLUMN):
-        if column in cells:  # tables written before the shares existed lack the other two
+        if column in cells:  # tables written before the shares existed lack the newer ones
             cells[column] = cells[column].astype(np.float64)
     # Metadata first, features after, as in every pycytominer table.
     return cells[metadata_columns(cells) + features], empty
@@ -436,12 +430,9 @@ def attention_statistics(cells: pd.DataFrame) -> dict:
     (NaN-excluded means, None where a column is missing or has no values); the first three
     sum to about 1; ``cell_if_uniform`` is the mean Grad-CAMO a uniform map would get.
     """
-    out = {}
-    for region, column in {**ATTENTION_REGIONS, "cell_if_uniform": UNIFORM_COLUMN}.items():
-        values = cells[column].to_numpy(np.float64) if column in cells else np.zeros(0)
-        finite = values[np.isfinite(values)]
-        out[region] = float(finite.mean()) if finite.size else None
-    return out
+    means = attention_shares(cells).mean()  # skips NaN; NaN for a column without values
+    names = {"uniform": "cell_if_uniform"}
+    return {names.get(k, k): None if np.isnan(v) else float(v) for k, v in means.items()}
 
 
 def split_accuracies(metrics: dict) -> dict:

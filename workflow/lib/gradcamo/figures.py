@@ -283,21 +283,22 @@ def gradcamo_by_treatment_figure(
 def _attention_bars(ax, attention: pd.DataFrame, treatments: np.ndarray, names: list[str]) -> None:
     """Stacked bars: mean share of each treatment's Grad-CAM attention on each region; a black
     tick marks the cell's share a uniform map would get (``attention["uniform"]``, if given)."""
+    def means(column: str, empty: float) -> np.ndarray:
+        values = attention[column].to_numpy(np.float64)
+        by_treatment = [values[(treatments == t) & np.isfinite(values)] for t in names]
+        return np.array([v.mean() if v.size else empty for v in by_treatment])
+
     bottom = np.zeros(len(names))
     for region, colour in ATTENTION_COLOURS.items():
-        values = attention[region].to_numpy(np.float64)
-        means = np.array([np.nanmean(values[treatments == t]) if np.isfinite(
-            values[treatments == t]).any() else 0.0 for t in names])
-        ax.bar(range(len(names)), means, bottom=bottom, color=colour, width=0.6, label=region)
-        for i, (m, b) in enumerate(zip(means, bottom)):
+        means_of_region = means(region, 0.0)
+        ax.bar(range(len(names)), means_of_region, bottom=bottom, color=colour, width=0.6,
+               label=region)
+        for i, (m, b) in enumerate(zip(means_of_region, bottom)):
             if m >= 0.06:
                 ax.text(i, b + m / 2, f"{m:.2f}", ha="center", va="center", fontsize="small")
-        bottom += means
+        bottom += means_of_region
     if "uniform" in attention and np.isfinite(attention["uniform"].to_numpy(np.float64)).any():
-        values = attention["uniform"].to_numpy(np.float64)
-        baseline = [np.nanmean(values[treatments == t]) if np.isfinite(values[treatments == t]).any()
-                    else np.nan for t in names]
-        ax.hlines(baseline, np.arange(len(names)) - 0.4, np.arange(len(names)) + 0.4,
+        ax.hlines(means("uniform", np.nan), np.arange(len(names)) - 0.4, np.arange(len(names)) + 0.4,
                   colors="black", linewidth=2.5, label="cell, if the map were uniform")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, fontsize="small")

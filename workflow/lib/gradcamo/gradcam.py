@@ -29,6 +29,7 @@ from monai.networks.nets.efficientnet import EfficientNet
 from torch import nn
 
 from gradcamo.errors import InputError
+from gradcamo.store import MASK_BACKGROUND, MASK_CELL, MASK_OTHER
 
 Step = tuple[tuple[str, ...], Callable[[torch.Tensor], torch.Tensor]]
 
@@ -159,7 +160,37 @@ def upsample_cam(cam: torch.Tensor, crop_shape: Sequence[int]) -> torch.Tensor:
 
 
 #: Mask values of a crop (:mod:`gradcamo.store`): where a map's attention can fall.
-MASK_REGIONS = {"cell": 1, "neighbours": 2, "background": 0}
+MASK_REGIONS = {"cell": MASK_CELL, "neighbours": MASK_OTHER, "background": MASK_BACKGROUND}
+
+
+def _flat_maps_and_masks(cam, mask) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(N, Z, Y, X)`` maps and masks as ``(N, V)`` float64 / integer tensors, and whether
+    ``cam`` came as NumPy."""
+    as_numpy = not isinstance(cam, torch.Tensor)
+    if as_numpy:  # copies: memory-mapped inputs are read-only
+        cam_t, mask_t = torch.from_numpy(np.array(cam, np.float64)), torch.from_numpy(np.array(mask))
+    else:
+        cam_t, mask_t = cam.double(), torch.as_tensor(mask, device=cam.device)
+    if cam_t.shape != mask_t.shape or cam_t.ndim < 2:
+        raise ValueError(
+            f"cam {tuple(cam_t.shape)} and mask {tuple(mask_t.shape)} must both be (N, Z, Y, X)"
+        )
+    return cam_t.flatten(1), mask_t.flatten(1), as_numpy
+
+
+def _shares(cam, mask, values: dict[str, int]) -> dict:
+    """Per name, the share of each map's attention where ``mask`` equals its value; the map
+    totals are summed once for all regions. NaN for an all-zero map, without a warning."""
+    cam_t, mask_t, as_numpy = _flat_maps_and_masks(cam, mask)
+    total = cam_t.sum(1)
+    has_attention = total > 0
+    denominator = torch.where(has_attention, total, 1.0)
+    out = {}
+    for name, value in values.items():
+        inside = (cam_t * (mask_t == value)).sum(1)
+        share = torch.where(has_attention, inside / denominator, torch.nan)
+        out[name] = share.cpu().numpy() if as_numpy else share
+    return out
 
 
 def region_share(cam: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray, value: int):
@@ -176,20 +207,7 @@ def region_share(cam: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray
     ``(N,)`` shares in [0, 1] (float64, NumPy or torch like ``cam``); NaN where a map is zero
     everywhere (no attention to measure), without a division warning.
     """
-    as_numpy = not isinstance(cam, torch.Tensor)
-    if as_numpy:  # copies: memory-mapped inputs are read-only
-        cam_t = torch.from_numpy(np.array(cam, np.float64))
-        region = torch.from_numpy(np.asarray(mask) == value)
-    else:
-        cam_t, region = cam.double(), torch.as_tensor(mask, device=cam.device) == value
-    if cam_t.shape != region.shape or cam_t.ndim < 2:
-        raise ValueError(
-            f"cam {tuple(cam_t.shape)} and mask {tuple(region.shape)} must both be (N, Z, Y, X)"
-        )
-    total = cam_t.flatten(1).sum(1)
-    inside = (cam_t * region).flatten(1).sum(1)
-    share = torch.where(total > 0, inside / torch.where(total > 0, total, 1.0), torch.nan)
-    return share.cpu().numpy() if as_numpy else share
+    return _shares(cam, mask, {"region": value})["region"]
 
 
 def gradcamo_score(cam: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray):
@@ -198,7 +216,7 @@ def gradcamo_score(cam: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarr
     ``cam`` and ``mask`` are ``(N, Z, Y, X)``; returns ``(N,)`` scores in [0, 1], NaN where a
     map is zero everywhere (see :func:`region_share`).
     """
-    return region_share(cam, mask, MASK_REGIONS["cell"])
+    return region_share(cam, mask, MASK_CELL)
 
 
 def attention_shares(cam: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarray) -> dict:
@@ -207,4 +225,12 @@ def attention_shares(cam: torch.Tensor | np.ndarray, mask: torch.Tensor | np.nda
     The three shares of a map sum to 1; ``cell`` is Grad-CAMO. ``neighbours`` (other cells in
     the crop) and ``background`` (no cell) say what a low Grad-CAMO looks at instead.
     """
-    return {name: region_share(cam, mask, value) for name, value in MASK_REGIONS.items()}
+    return _shares(cam, mask, MASK_REGIONS)
+
+
+def uniform_gradcamo(mask: torch.Tensor) -> torch.Tensor:
+    """The Grad-CAMO a uniform map would get: each cell's share of its crop's voxels.
+
+    ``mask``: ``(N, Z, Y, X)``; returns ``(N,)`` float64, the baseline to read Grad-CAMO against.
+    """
+    return (mask == MASK_CELL).flatten(1).double().mean(1)

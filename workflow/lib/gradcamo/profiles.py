@@ -32,8 +32,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from gradcamo.columns import ATTENTION_COLUMNS, UNIFORM_COLUMN
 from gradcamo.errors import InputError
-from gradcamo.gradcam import GradCamProfiler, attention_shares, gradcamo_score, upsample_cam
+from gradcamo.gradcam import GradCamProfiler, attention_shares, uniform_gradcamo, upsample_cam
 from gradcamo.io import atomic_path
 from gradcamo.model import embedding_dim
 from gradcamo.store import CropStore
@@ -42,12 +43,6 @@ log = logging.getLogger(__name__)
 
 FEATURE_PREFIX = "emb_"
 SPLIT_COLUMNS = ("plate", "well", "treatment", "split")
-#: Profile-table columns of the attention shares other than Grad-CAMO (``attention`` keys).
-ATTENTION_COLUMNS = {
-    "neighbours": "Metadata_GradCAM_NeighbourShare",
-    "background": "Metadata_GradCAM_BackgroundShare",
-}
-UNIFORM_COLUMN = "Metadata_GradCAMO_Uniform"
 
 
 def feature_columns(dim: int) -> list[str]:
@@ -255,7 +250,7 @@ def profile_store(
         out["scores"][lo:hi] = shares["cell"].cpu().numpy()
         for name in ATTENTION_COLUMNS:
             out["attention"][name][lo:hi] = shares[name].cpu().numpy()
-        out["uniform"][lo:hi] = gradcamo_score(torch.ones_like(cam), mask).cpu().numpy()
+        out["uniform"][lo:hi] = uniform_gradcamo(mask).cpu().numpy()
         if cams_out is not None:
             # Grad-CAM's scale is arbitrary (tiny for weak gradients, beyond float16 for
             # strong ones): store each map scaled to a maximum of 1; Grad-CAMO is unchanged.
