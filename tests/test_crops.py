@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradcamo import crops
+from gradcamo import crops, normalization
 from gradcamo.errors import InputError
 from gradcamo.io import read_labels, read_zstack, write_labels, write_zstack
 from gradcamo.store import CropStore
@@ -16,6 +16,8 @@ CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
 IMAGE_SHAPE = (8, 24, 28)  # Z, Y, X
 CROP = (5, 7, 9)
 METADATA = {"plate": "P1", "well": "B02", "treatment": "DMSO", "concentration": 0.0, "control": True}
+SITE_SCOPE = {"scope": "site", "reference": "controls", "lower_percentile": 1.0, "upper_percentile": 99.8}
+PLATE_SCOPE = {**SITE_SCOPE, "scope": "plate"}
 
 
 def coordinate_stack(shape=IMAGE_SHAPE, n_channels=2) -> np.ndarray:
@@ -120,11 +122,11 @@ def test_percentile_bounds_and_normalisation():
     rng = np.random.default_rng(0)
     stack = rng.integers(100, 5000, (4, 3, 10, 12)).astype(np.uint16)
     stack[:, 2] = 7  # a constant channel
-    bounds = crops.percentile_bounds(stack, 1.0, 99.8)
+    bounds = normalization.percentile_bounds(stack, 1.0, 99.8)
     for c in range(2):
         np.testing.assert_allclose(bounds[c], np.percentile(stack[:, c], [1.0, 99.8]))
     np.testing.assert_allclose(bounds[2], [7.0, 8.0])  # no zero range
-    normalized = crops.normalize(np.moveaxis(stack, 1, 0), bounds)
+    normalized = normalization.normalize(np.moveaxis(stack, 1, 0), bounds)
     for c in range(2):
         assert np.mean(normalized[c] < 0) == pytest.approx(0.01, abs=0.005)
         assert np.mean(normalized[c] > 1) == pytest.approx(0.002, abs=0.002)
@@ -134,22 +136,40 @@ def test_percentile_bounds_and_normalisation():
 def test_mostly_empty_channel_falls_back_to_its_maximum():
     stack = np.zeros((2, 1, 40, 40), np.uint16)  # one bright voxel in 3200
     stack[0, 0, 0, 0] = 500
-    np.testing.assert_allclose(crops.percentile_bounds(stack, 1.0, 99.8), [[0.0, 500.0]])
+    np.testing.assert_allclose(normalization.percentile_bounds(stack, 1.0, 99.8), [[0.0, 500.0]])
 
 
-def test_plate_bounds_pool_sampled_sites(tmp_path):
+def test_plate_reference_pools_sampled_sites_and_fills_from_background(tmp_path):
     rng = np.random.default_rng(1)
-    paths = []
+    sites = []
     for i, scale in enumerate((1000, 3000)):
-        path = tmp_path / f"s{i}.tif"
+        path, labels_path = tmp_path / f"s{i}.tif", tmp_path / f"s{i}_labels.tif"
         write_zstack(path, rng.integers(0, scale, (4, 5, 32, 32)).astype(np.uint16), CHANNELS)
-        paths.append(path)
-    exact = crops.plate_bounds(paths, 5, 2.0, 98.0, max_voxels=10**9)  # no subsampling
-    sampled = crops.plate_bounds(paths, 5, 2.0, 98.0, max_voxels=2000)  # every 4th voxel
-    pooled = np.concatenate([read_zstack(p, 5) for p in paths], axis=0)
-    np.testing.assert_allclose(exact, crops.percentile_bounds(pooled, 2.0, 98.0))
+        labels = np.zeros((4, 32, 32), np.uint16)
+        labels[:, :16] = 1  # the top half is a cell: the fill comes from the bottom half
+        write_labels(labels_path, labels)
+        sites.append((path, labels_path))
+
+    def reference(scope, sample, fill=500):
+        return normalization.plate_reference(sites, 5, 2.0, 98.0, scope, sample, fill, seed=0)
+
+    exact, fill = reference("plate", 10**9)  # no subsampling
+    sampled, _ = reference("plate", 2000)  # every 4th voxel
+    pooled = np.concatenate([read_zstack(p, 5) for p, _ in sites], axis=0)
+    np.testing.assert_allclose(exact, normalization.percentile_bounds(pooled, 2.0, 98.0))
     np.testing.assert_allclose(sampled, exact, atol=0.03 * 3000)
     assert not np.array_equal(sampled, exact)
+    # The fill: background voxels only (clear of the cell by 2 voxels), normalised alike.
+    assert fill.shape == (500, 5) and fill.dtype == np.float32
+    background = np.concatenate([read_zstack(p, 5)[:, :, 18:].transpose(0, 2, 3, 1).reshape(-1, 5)
+                                 for p, _ in sites])
+    expected = normalization.normalize_voxels(background, exact)
+    assert fill.min() >= expected.min() - 1e-6 and fill.max() <= expected.max() + 1e-6
+    np.testing.assert_allclose(fill.mean(0), expected.mean(0), atol=0.05)
+    # Scope site: no plate bounds; each site's fill scaled by its own percentiles.
+    bounds, site_fill = reference("site", 2000)
+    assert bounds is None and site_fill.shape == (500, 5)
+    assert abs(site_fill.mean() - 0.5) < 0.1
 
 
 def test_filters_count_what_they_drop():
@@ -182,7 +202,7 @@ def test_well_store_random_access_matches_direct_crops(tmp_path):
         write_site(tmp_path, "site2", cube_labels([(2, 10, 10), (5, 3, 22)], half=2), seed=2),
     ]
     store_dir = tmp_path / "store"
-    summary = crops.write_well_store(store_dir, sites, METADATA, CHANNELS, CROP, filters={"min_volume": 0})
+    summary = crops.write_well_store(store_dir, sites, METADATA, CHANNELS, CROP, normalization=SITE_SCOPE, filters={"min_volume": 0})
     store = CropStore.open(store_dir)
     assert summary["n_cells"] == len(store) == 5
     assert store.images.shape == (5, 5, *CROP) and store.images.dtype == np.float16
@@ -208,7 +228,7 @@ def test_well_store_random_access_matches_direct_crops(tmp_path):
 def test_plate_scope_uses_the_given_bounds(tmp_path):
     site = write_site(tmp_path, "site1", cube_labels([(4, 12, 14)]))
     bounds = np.array([[0.0, 4000.0]] * 5)
-    crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, scope="plate", bounds=bounds)
+    crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=PLATE_SCOPE, bounds=bounds)
     store = CropStore.open(tmp_path / "store")
     assert store.normalization["bounds"] == bounds.tolist()
     image, mask = store[0]
@@ -220,7 +240,7 @@ def test_filters_apply_to_the_store_but_masks_keep_dropped_neighbours(tmp_path):
     labels[labels == 2] = 0
     labels[3:6, 11:14, 16:18] = 2  # a smaller neighbour (18 voxels)
     site = write_site(tmp_path, "site1", labels)
-    summary = crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, filters={"min_volume": 20})
+    summary = crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE, filters={"min_volume": 20})
     store = CropStore.open(tmp_path / "store")
     assert summary["too_small"] == 1 and len(store) == 1
     assert (store.masks[0] == 2).sum() == 18  # the dropped cell is still "another cell"
@@ -229,7 +249,7 @@ def test_filters_apply_to_the_store_but_masks_keep_dropped_neighbours(tmp_path):
 def test_empty_sites_give_a_valid_empty_store(tmp_path):
     empty = np.zeros(IMAGE_SHAPE, np.int32)
     sites = [write_site(tmp_path, "site1", empty), write_site(tmp_path, "site2", empty)]
-    summary = crops.write_well_store(tmp_path / "store", sites, METADATA, CHANNELS, CROP)
+    summary = crops.write_well_store(tmp_path / "store", sites, METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     store = CropStore.open(tmp_path / "store")
     assert summary["n_cells"] == len(store) == 0
     assert store.images.shape == (0, 5, *CROP) and store.masks.shape == (0, *CROP)
@@ -242,7 +262,7 @@ def test_an_empty_site_beside_a_full_one(tmp_path):
         write_site(tmp_path, "site1", np.zeros(IMAGE_SHAPE, np.int32)),
         write_site(tmp_path, "site2", cube_labels([(4, 12, 14)])),
     ]
-    crops.write_well_store(tmp_path / "store", sites, METADATA, CHANNELS, CROP)
+    crops.write_well_store(tmp_path / "store", sites, METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     store = CropStore.open(tmp_path / "store")
     assert list(store.cells["Metadata_Site"]) == [2]
 
@@ -256,7 +276,7 @@ def test_label_shape_mismatch_fails_naming_the_file(tmp_path):
     site = write_site(tmp_path, "site1", cube_labels([(4, 12, 14)]))
     write_labels(site.labels, np.zeros((8, 24, 20), np.int32))
     with pytest.raises(InputError, match=r"site1_labels\.tif.*shape"):
-        crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP)
+        crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     assert_no_output(tmp_path)
 
 
@@ -265,25 +285,25 @@ def test_corrupt_tiff_fails_naming_the_file(tmp_path):
     bad = write_site(tmp_path, "site2", cube_labels([(4, 12, 14)]))
     Path(bad.image).write_bytes(b"II*\x00 not a tiff at all")
     with pytest.raises(InputError, match=r"site2\.tif"):
-        crops.write_well_store(tmp_path / "store", [good, bad], METADATA, CHANNELS, CROP)
+        crops.write_well_store(tmp_path / "store", [good, bad], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     assert_no_output(tmp_path)
     Path(bad.labels).write_bytes(b"garbage")
     with pytest.raises(InputError, match=r"site2_labels\.tif"):
-        crops.write_well_store(tmp_path / "store", [good, bad], METADATA, CHANNELS, CROP)
+        crops.write_well_store(tmp_path / "store", [good, bad], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     assert_no_output(tmp_path)
 
 
 def test_wrong_number_of_channels_fails_naming_the_file(tmp_path):
     site = write_site(tmp_path, "site1", cube_labels([(4, 12, 14)]), n_channels=4)
     with pytest.raises(InputError, match=r"site1\.tif.*4 channels"):
-        crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP)
+        crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     assert_no_output(tmp_path)
 
 
 def test_a_failed_rewrite_keeps_the_previous_store(tmp_path):
     site = write_site(tmp_path, "site1", cube_labels([(4, 12, 14)]))
-    crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP)
+    crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     write_labels(site.labels, np.zeros((2, 2, 2), np.int32))
     with pytest.raises(InputError):
-        crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP)
+        crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     assert len(CropStore.open(tmp_path / "store")) == 1

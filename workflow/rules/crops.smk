@@ -2,17 +2,22 @@
 
 
 rule crop_normalization:
-    """Per-channel robust percentiles of one plate (sampled site by site), for scope: plate."""
+    """A plate's reference: per-channel percentiles (scope plate) and the neutral fill
+    (background voxels of its reference wells, for crops.context: cell and the audit)."""
     input:
-        images=lambda wc: list(SAMPLES[SAMPLES.plate == wc.plate].sort_values(["well", "site"])["image"]),
+        images=lambda wc: list(reference_sites(wc.plate)["image"]),
+        segments=lambda wc: reference_segments(wc.plate),
     output:
-        "results/crops/{plate}/normalization.json",
+        bounds="results/crops/{plate}/normalization.json",
+        fill="results/crops/{plate}/fill.npy",
     log:
         "logs/crop_normalization/{plate}.log",
     params:
+        # (image, labels) of every reference site; labels inside the segment folders above.
+        sites=lambda wc: reference_site_files(wc.plate),
         channels=CHANNELS,
-        lower_percentile=config["crops"]["normalization"]["lower_percentile"],
-        upper_percentile=config["crops"]["normalization"]["upper_percentile"],
+        normalization=config["crops"]["normalization"],
+        fill=config["crops"]["fill"],
     threads: 1
     resources:
         mem_mb=2000,
@@ -28,12 +33,9 @@ rule crops:
     input:
         segments="results/segment/{plate}/{well}",
         images=well_images,
-        # The plate's intensity percentiles, only for crops.normalization.scope: plate.
-        bounds=lambda wc: (
-            f"results/crops/{wc.plate}/normalization.json"
-            if config["crops"]["normalization"]["scope"] == "plate"
-            else []
-        ),
+        # The plate's reference: its percentiles (scope plate) and neutral fill.
+        bounds="results/crops/{plate}/normalization.json",
+        fill="results/crops/{plate}/fill.npy",
     output:
         images="results/crops/{plate}/{well}/images.npy",
         masks="results/crops/{plate}/{well}/masks.npy",
@@ -42,9 +44,12 @@ rule crops:
     log:
         "logs/crops/{plate}/{well}.log",
     params:
-        sites=lambda wc: well_sites(wc)[
-            ["plate", "well", "site", "treatment", "concentration", "control"]
-        ].to_dict("records"),
+        sites=lambda wc: [
+            {**row, "labels": site_labels(row["plate"], row["well"], row["site"])}
+            for row in well_sites(wc)[
+                ["plate", "well", "site", "treatment", "concentration", "control"]
+            ].to_dict("records")
+        ],
         channels=CHANNELS,
         settings=config["crops"],
     threads: 1

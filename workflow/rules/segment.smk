@@ -113,7 +113,7 @@ rule score_segmentation:
                 "plate": r.plate,
                 "well": r.well,
                 "site": r.site,
-                "prediction": f"results/segment/{r.plate}/{r.well}/site{r.site}.tif",
+                "prediction": site_labels(r.plate, r.well, r.site),
             }
             for r in SEGMENTATION_SCORED_SITES.itertuples()
         ],

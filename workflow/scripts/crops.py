@@ -11,24 +11,26 @@ from gradcamo.logs import log_to
 log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 sm = snakemake  # noqa: F821
 settings = sm.params.settings
-norm = settings["normalization"]
 rows = sm.params.sites
 sites = [
-    SiteFiles(site=int(row["site"]), image=image, labels=str(Path(sm.input.segments) / f"site{row['site']}.tif"))
+    SiteFiles(site=int(row["site"]), image=image, labels=row["labels"])
     for row, image in zip(rows, sm.input.images)
 ]
 metadata = {k: rows[0][k] for k in ("plate", "well", "treatment", "concentration", "control")}
-bounds = np.asarray(json.loads(Path(sm.input.bounds).read_text())["bounds"]) if norm["scope"] == "plate" else None
+reference = json.loads(Path(sm.input.bounds).read_text())
+norm = settings["normalization"]
 summary = write_well_store(
     Path(sm.output.store_json).parent,
     sites,
     metadata,
     sm.params.channels,
     settings["shape"],
-    lower_percentile=norm["lower_percentile"],
-    upper_percentile=norm["upper_percentile"],
-    scope=norm["scope"],
-    bounds=bounds,
+    normalization={k: norm[k] for k in ("scope", "reference", "lower_percentile", "upper_percentile")},
+    bounds=None if reference["bounds"] is None else np.asarray(reference["bounds"]),
     filters=settings["filters"],
+    context=settings["context"],
+    context_fill=np.load(sm.input.fill) if settings["context"] == "cell" else None,
+    cell_margin=settings["cell_margin"],
+    seed=settings["fill"]["seed"],
 )
-log.info("wrote %d cells (%s)", summary["n_cells"], summary)
+log.info("wrote %d cells (%s), context %s", summary["n_cells"], summary, settings["context"])

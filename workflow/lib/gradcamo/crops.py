@@ -30,13 +30,14 @@ import numpy as np
 import pandas as pd
 from skimage.measure import regionprops_table
 
-from gradcamo.errors import InputError
+from gradcamo.context import cell_region, replace_region
 from gradcamo.io import atomic_path, read_labels, read_zstack
+from gradcamo.normalization import normalize, percentile_bounds
 from gradcamo.store import MASK_BACKGROUND, MASK_CELL, MASK_OTHER, CropStoreWriter
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("site", "plate")
+CONTEXTS = ("full", "cell")
 AXES = ("Z", "Y", "X")
 
 # Columns of the per-site cell table (from the label image alone); the well's metadata
@@ -59,11 +60,6 @@ METADATA_COLUMNS = [
     "Metadata_Control",
 ]
 CELL_COLUMNS = METADATA_COLUMNS[:3] + GEOMETRY_COLUMNS[:1] + METADATA_COLUMNS[3:] + GEOMETRY_COLUMNS[1:]
-
-# A plate's percentiles are estimated from at most this many voxels per channel, taken as a
-# regular stride through each site (exact percentiles would need every site in memory).
-PLATE_SAMPLE_VOXELS = 2_000_000
-
 
 # ----------------------------------------------------------------------------- geometry
 
@@ -201,43 +197,7 @@ def filter_cells(
     return table[keep], counts
 
 
-# ------------------------------------------------------------------------ normalisation
-
-
-def percentile_bounds(voxels: np.ndarray, lower: float, upper: float) -> np.ndarray:
-    """Per-channel intensity bounds ``(C, 2)`` = (lower, upper) percentiles.
-
-    Parameters
-    ----------
-    voxels: ``(Z, C, Y, X)`` z-stack, or ``(C, n)`` sampled voxels per channel.
-
-    A channel whose upper percentile does not exceed its lower one (e.g. mostly empty)
-    falls back to its maximum; a constant channel gets the range (lower, lower + 1).
-    """
-    per_channel = voxels.reshape(voxels.shape[0], voxels.shape[1], -1).swapaxes(0, 1) if voxels.ndim == 4 else voxels
-    per_channel = per_channel.reshape(per_channel.shape[0], -1)
-    bounds = np.percentile(per_channel, [lower, upper], axis=1).T.astype(np.float64)
-    maxima = per_channel.max(axis=1).astype(np.float64)
-    flat = bounds[:, 1] <= bounds[:, 0]
-    bounds[flat, 1] = np.where(maxima[flat] > bounds[flat, 0], maxima[flat], bounds[flat, 0] + 1.0)
-    return bounds
-
-
-def sample_voxels(zstack: np.ndarray, max_voxels: int) -> np.ndarray:
-    """At most ``max_voxels`` voxels per channel of a ``(Z, C, Y, X)`` z-stack, ``(C, n)``.
-
-    A regular stride through the flattened stack: deterministic, no random state.
-    """
-    per_channel = np.moveaxis(zstack, 1, 0).reshape(zstack.shape[1], -1)
-    step = max(1, int(np.ceil(per_channel.shape[1] / max(int(max_voxels), 1))))
-    return per_channel[:, ::step]
-
-
-def normalize(crops: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """``(x - lower) / (upper - lower)`` per channel; crops ``(..., C, Z, Y, X)``, float32."""
-    lower = bounds[:, 0].reshape(-1, 1, 1, 1).astype(np.float32)
-    scale = (bounds[:, 1] - bounds[:, 0]).reshape(-1, 1, 1, 1).astype(np.float32)
-    return (crops.astype(np.float32) - lower) / scale
+# ------------------------------------------------------------------------ crops
 
 
 def crop_cells(
@@ -246,19 +206,27 @@ def crop_cells(
     cells: pd.DataFrame,
     crop_shape: Sequence[int],
     bounds: np.ndarray,
+    context_fill: np.ndarray | None = None,
+    cell_margin: int = 0,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crops and masks of the listed cells of one site.
 
     Parameters
     ----------
     zstack: ``(Z, C, Y, X)``; labels: ``(Z, Y, X)`` of the same Z, Y, X.
-    cells: rows with ``Metadata_ObjectNumber`` and ``Metadata_Centroid_{Z,Y,X}``.
-    bounds: ``(C, 2)`` normalisation bounds (:func:`percentile_bounds`).
+    cells: rows with ``Metadata_Site``, ``Metadata_ObjectNumber`` and
+        ``Metadata_Centroid_{Z,Y,X}``.
+    bounds: ``(C, 2)`` normalisation bounds (:mod:`gradcamo.normalization`).
+    context_fill: ``(M, C)`` neutral fill (:mod:`gradcamo.context`); when given, everything
+        outside the cell of interest (widened by ``cell_margin`` voxels in Y/X) -- neighbours,
+        background and padding -- is replaced by draws from it (``crops.context: cell``),
+        seeded by ``(seed, site, object number)``.
 
     Returns
     -------
-    images ``(N, C, Z, Y, X)`` float32 normalised, 0 where the box leaves the image;
-    masks ``(N, Z, Y, X)`` uint8 (:func:`cell_mask`).
+    images ``(N, C, Z, Y, X)`` float32 normalised, 0 where the box leaves the image (or
+    fill); masks ``(N, Z, Y, X)`` uint8 (:func:`cell_mask`), always of the original crop.
     """
     crop_shape = tuple(int(s) for s in crop_shape)
     n, n_channels = len(cells), zstack.shape[1]
@@ -270,6 +238,12 @@ def crop_cells(
         src, dst = box_slices(crop_origin(centroid, crop_shape), crop_shape, labels.shape)
         images[(i, slice(None), *dst)] = normalize(channels_first[(slice(None), *src)], bounds)
         masks[(i, *dst)] = cell_mask(labels[src], int(obj))
+    if context_fill is not None:
+        sites = cells["Metadata_Site"].to_numpy()
+        for i, obj in enumerate(cells["Metadata_ObjectNumber"]):
+            context = ~cell_region(masks[i], cell_margin)
+            rng = np.random.default_rng([int(seed), int(sites[i]), int(obj)])
+            images[i] = replace_region(images[i], context, context_fill, rng)
     return images, masks
 
 
@@ -283,25 +257,6 @@ class SiteFiles:
     site: int
     image: str
     labels: str
-
-
-def plate_bounds(
-    image_paths: Sequence[str | os.PathLike],
-    n_channels: int,
-    lower: float,
-    upper: float,
-    max_voxels: int = PLATE_SAMPLE_VOXELS,
-) -> np.ndarray:
-    """Per-channel percentile bounds ``(C, 2)`` of a plate, reading one site at a time.
-
-    Each site contributes an equal, strided share of ``max_voxels`` voxels per channel, so
-    memory is one z-stack plus the sample, whatever the number of sites.
-    """
-    if not image_paths:
-        raise ValueError("no images to compute plate percentiles from")
-    per_site = max(1, max_voxels // len(image_paths))
-    samples = [sample_voxels(read_zstack(p, n_channels), per_site) for p in image_paths]
-    return percentile_bounds(np.concatenate(samples, axis=1), lower, upper)
 
 
 def _metadata_frame(metadata: Mapping, site: int, n: int) -> pd.DataFrame:
@@ -360,11 +315,13 @@ def write_well_store(
     channels: Sequence[str],
     crop_shape: Sequence[int],
     *,
-    lower_percentile: float = 1.0,
-    upper_percentile: float = 99.8,
-    scope: str = "site",
+    normalization: Mapping,
     bounds: np.ndarray | None = None,
     filters: Mapping | None = None,
+    context: str = "full",
+    context_fill: np.ndarray | None = None,
+    cell_margin: int = 0,
+    seed: int = 0,
 ) -> dict:
     """Write one well's crop store (:class:`gradcamo.store.CropStore` format) atomically.
 
@@ -375,9 +332,13 @@ def write_well_store(
     metadata: the well's ``plate``, ``well``, ``treatment`` (+ ``concentration``, ``control``).
     channels: channel names (C).
     crop_shape: ``(Z, Y, X)``.
-    scope: ``"site"`` (percentiles of each site's z-stack) or ``"plate"`` (``bounds``
-        given, from :func:`plate_bounds`).
+    normalization: ``scope`` (``"site"``: percentiles of each site's z-stack; ``"plate"``:
+        ``bounds`` given, from :func:`gradcamo.normalization.plate_reference`),
+        ``lower_percentile``, ``upper_percentile`` (and whatever else describes it, e.g.
+        ``reference``); recorded in the store.
     filters: ``min_volume``, ``max_volume``, ``drop_border``.
+    context: ``"full"`` (the crop as imaged) or ``"cell"`` (everything outside the cell of
+        interest replaced by ``context_fill``, see :func:`crop_cells`).
 
     Returns
     -------
@@ -387,11 +348,16 @@ def write_well_store(
     ------
     InputError: a corrupt or missing TIFF, a z-stack with the wrong number of channels, a
         label image whose shape differs from its z-stack's; nothing is left at ``out_dir``.
+    ValueError: arguments that contradict each other (scope "plate" without bounds, context
+        "cell" without a fill).
     """
-    if scope not in SCOPES:
-        raise InputError(f"crops.normalization.scope: {scope!r} is not one of {', '.join(SCOPES)}")
+    scope = normalization["scope"]
     if scope == "plate" and bounds is None:
         raise ValueError("scope 'plate' needs the plate's bounds")
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    if context == "cell" and (context_fill is None or len(context_fill) == 0):
+        raise ValueError("context 'cell' needs a non-empty fill")
     crop_shape = tuple(int(s) for s in crop_shape)
     table, counts = well_cell_table(sites, metadata, crop_shape, filters)
     log.info(
@@ -399,30 +365,32 @@ def write_well_store(
         metadata["plate"], metadata["well"], counts.get("n_cells", 0), counts.get("too_small", 0),
         counts.get("too_large", 0), counts.get("border", 0), len(table),
     )
-    normalization = {
+    lower, upper = float(normalization["lower_percentile"]), float(normalization["upper_percentile"])
+    record = {
         "method": "percentile",
-        "scope": scope,
-        "lower_percentile": float(lower_percentile),
-        "upper_percentile": float(upper_percentile),
+        **dict(normalization),
         "bounds": {} if scope == "site" else np.asarray(bounds).tolist(),
+        "context": context,
+        "cell_margin": int(cell_margin) if context == "cell" else None,
     }
     with atomic_path(out_dir) as tmp:
-        writer = CropStoreWriter(tmp, len(table), channels, crop_shape, normalization)
+        writer = CropStoreWriter(tmp, len(table), channels, crop_shape, record)
         for site in sites:
             zstack = read_zstack(site.image, len(channels))
             labels = read_labels(site.labels, shape=(zstack.shape[0], *zstack.shape[2:]))
-            site_bounds = (
-                percentile_bounds(zstack, lower_percentile, upper_percentile)
-                if scope == "site"
-                else np.asarray(bounds, dtype=np.float64)
-            )
             if scope == "site":
-                normalization["bounds"][str(site.site)] = site_bounds.tolist()
+                site_bounds = percentile_bounds(zstack, lower, upper)
+                record["bounds"][str(site.site)] = site_bounds.tolist()
+            else:
+                site_bounds = np.asarray(bounds, dtype=np.float64)
             cells = table[table["Metadata_Site"] == site.site]
-            images, masks = crop_cells(zstack, labels, cells, crop_shape, site_bounds)
+            images, masks = crop_cells(
+                zstack, labels, cells, crop_shape, site_bounds,
+                context_fill if context == "cell" else None, cell_margin, seed,
+            )
             writer.write(images, masks)
             log.info("site %s: %d crops written", site.site, len(cells))
             del zstack, labels, images, masks
-        writer.normalization = normalization
+        writer.normalization = record
         writer.close(table)
     return {**counts, "n_cells": int(len(table))}

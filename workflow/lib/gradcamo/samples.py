@@ -139,6 +139,21 @@ def wells_table(samples: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def control_wells(wells: pd.DataFrame, control: str) -> pd.Series:
+    """Per well (rows of :func:`wells_table`): a control well, by the sheet's ``control``
+    column or by having the configured control treatment."""
+    return wells["control"].astype(bool) | (wells["treatment"] == control)
+
+
+def reference_wells(wells: pd.DataFrame, plate: str, config: Mapping[str, Any]) -> list[str]:
+    """Wells of ``plate`` that its crops are normalised by: its control wells
+    (``crops.normalization.reference: controls``) or all its wells (``all``)."""
+    here = wells["plate"] == plate
+    if config["crops"]["normalization"]["reference"] == "controls":
+        here &= control_wells(wells, config["aggregate"]["control"])
+    return sorted(wells.loc[here, "well"])
+
+
 def unknown_key_message(key_path: Iterable[str], key: str, allowed: Iterable[str]) -> str:
     """Message for a misspelt configuration key, with the closest valid spelling."""
     allowed = list(allowed)
@@ -175,6 +190,15 @@ def check_config(config: Mapping[str, Any], samples: pd.DataFrame) -> None:
             "config key 'crops.normalization.lower_percentile' must be below 'upper_percentile' "
             f"({norm['lower_percentile']} >= {norm['upper_percentile']})"
         )
+    if norm["reference"] == "controls":
+        wells = wells_table(samples)
+        for plate in sorted(set(wells["plate"])):
+            if not reference_wells(wells, plate, config):
+                raise InputError(
+                    f"config key 'crops.normalization.reference' is 'controls', but plate "
+                    f"{plate!r} has no control well (no 'control' row and no "
+                    f"{control!r} treatment): add control wells, or set the key to 'all'"
+                )
     if seg["model"] == "trained":
         sites = seg["train"]["sites"]
         if not sites:
