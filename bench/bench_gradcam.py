@@ -5,6 +5,9 @@ data so activations have realistic magnitudes), the same batch and the same devi
 
   ours             GradCamProfiler (trunk without autograd, ONE forward of the tail and ONE
                    backward per batch) + trilinear upsampling: embedding, logits, maps
+  ours+audit       what the profile stage does per batch: ours, plus the counterfactual
+                   audit (the crops with the cell, and with its context, replaced by a
+                   neutral fill on the CPU, and one eval forward of each)
   monai/cell       the paper's setup (pytorch-grad-cam's per-image loop), with MONAI's
                    GradCAM: one library call per cell (full forward + full backward each),
                    plus a separate batched inference forward for the embedding
@@ -42,14 +45,16 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import torch
 from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 
+from gradcamo.audit import counterfactual_crops, target_probabilities
 from gradcamo.gradcam import GradCamProfiler, upsample_cam
 from gradcamo.model import build_model
 
-METHODS = ("ours", "monai/cell", "monai/batch", "floor")
+METHODS = ("ours", "ours+audit", "monai/cell", "monai/batch", "floor")
 
 
 def realistic_model(crop_shape, n_classes=3, seed=0) -> torch.nn.Module:
@@ -83,6 +88,19 @@ def make_method(name: str, model: torch.nn.Module, layer: str):
             out = profiler(x)
             return upsample_cam(out["cam"], x.shape[2:]), out["embedding"]
 
+    elif name == "ours+audit":
+        profiler = GradCamProfiler(model, layer)
+        fill = torch.randn(10_000, 5, generator=torch.Generator().manual_seed(2)).numpy()
+
+        def run(x):
+            out = profiler(x)
+            maps = upsample_cam(out["cam"], x.shape[2:])
+            images, masks = x.cpu().numpy(), central_cell_masks(len(x), x.shape[2:])
+            crops = counterfactual_crops(images, masks, fill, 1, range(len(x)))
+            for crop in crops:
+                target_probabilities(model, torch.from_numpy(crop).to(x.device), out["target"])
+            return maps, out["embedding"]
+
     elif name.startswith("monai"):
         # MONAI hooks the module it wraps for good: give it its own copy.
         cam = GradCAM(copy.deepcopy(model), target_layers=layer, postprocessing=lambda m: m)
@@ -106,6 +124,14 @@ def make_method(name: str, model: torch.nn.Module, layer: str):
     else:
         raise ValueError(name)
     return run
+
+
+def central_cell_masks(n: int, shape) -> "np.ndarray":
+    """``(n, Z, Y, X)`` crop masks: an ellipsoid cell of interest (1) filling about a sixth
+    of the crop, as on the mini dataset, the rest background (0)."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    cell = ((grid / np.array([0.5, 0.6, 0.6])[:, None, None, None]) ** 2).sum(0) <= 1
+    return np.broadcast_to(cell.astype(np.uint8), (n, *shape)).copy()
 
 
 def sync(device):

@@ -8,12 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from gradcamo.audit import background_statistics, counterfactual_crops
 from gradcamo.errors import InputError
 from gradcamo.gradcam import GradCamProfiler, gradcamo_score, region_share, upsample_cam
 from gradcamo.model import build_model, load_checkpoint, save_checkpoint
 from gradcamo.profiles import (
     ATTENTION_COLUMNS,
     UNIFORM_COLUMN,
+    audit_seeds,
     check_store_matches,
     empty_profile_table,
     feature_columns,
@@ -60,14 +62,19 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def run_well(store, checkpoint, target="predicted", batch_size=4, cams=None):
+FILL = np.random.default_rng(7).normal(0, 0.1, (500, len(CHANNELS))).astype(np.float32)
+
+
+def run_well(store, checkpoint, target="predicted", batch_size=4, cams=None, fill=FILL):
     model, meta = load_checkpoint(checkpoint)
     check_store_matches(meta, store, checkpoint)
     profiler = GradCamProfiler(model, "_blocks.1")  # 4×8×8 maps at this crop size
-    result = profile_store(profiler, store, target, batch_size, "cpu", cams)
+    result = profile_store(profiler, store, target, batch_size, "cpu", cams, fill=fill,
+                           cell_margin=1, seed=0)
     table = profile_table(
         store.cells, "test", result["embedding"], result["probabilities"], result["scores"],
-        meta["classes"], result["attention"], result["uniform"],
+        meta["classes"], result["attention"], result["uniform"], result.get("audit"),
+        result["background"], store.channels,
     )
     return model, result, table
 
@@ -83,7 +90,9 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
     meta_cols = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber",
                  "Metadata_Split", "Metadata_Predicted", "Metadata_Probability", "Metadata_GradCAMO",
                  "Metadata_GradCAM_NeighbourShare", "Metadata_GradCAM_BackgroundShare",
-                 "Metadata_GradCAMO_Uniform"]
+                 "Metadata_GradCAMO_Uniform", "Metadata_CellReliance", "Metadata_ContextReliance",
+                 "Metadata_PredictedFromCell", "Metadata_PredictedFromContext",
+                 *(f"Metadata_BackgroundMean_{c}" for c in CHANNELS)]
     assert list(table.columns) == meta_cols + feature_columns(1280)
     assert feature_columns(1280)[:2] == ["emb_0000", "emb_0001"]
     assert (table.dtypes[feature_columns(1280)] == np.float32).all()
@@ -116,10 +125,37 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
     np.testing.assert_allclose(table[UNIFORM_COLUMN], (masks == 1).reshape(10, -1).mean(1), rtol=1e-6)
 
 
+def test_audit_predicts_again_without_the_cell_and_without_its_context(tmp_path, checkpoint):
+    store = write_store(tmp_path / "store", 6)
+    model, result, table = run_well(store, checkpoint)
+    images, masks = np.asarray(store.images, np.float32), np.asarray(store.masks)
+    without_cell, without_context = counterfactual_crops(
+        images, masks, FILL, 1, audit_seeds(store.cells, 0))
+    with torch.no_grad():
+        full = torch.softmax(model(torch.from_numpy(images)), 1).numpy()
+        no_cell = torch.softmax(model(torch.from_numpy(without_cell)), 1).numpy()
+        no_context = torch.softmax(model(torch.from_numpy(without_context)), 1).numpy()
+    target = full.argmax(1)
+    rows = np.arange(6)
+    np.testing.assert_allclose(table["Metadata_CellReliance"], full[rows, target] - no_cell[rows, target],
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(table["Metadata_ContextReliance"],
+                               full[rows, target] - no_context[rows, target], rtol=1e-4, atol=1e-5)
+    assert list(table["Metadata_PredictedFromCell"]) == [CLASSES[k] for k in no_context.argmax(1)]
+    assert list(table["Metadata_PredictedFromContext"]) == [CLASSES[k] for k in no_cell.argmax(1)]
+    np.testing.assert_allclose(result["background"], background_statistics(images, masks, 1))
+    # Without a fill: no audit, NaN reliances, no predictions.
+    _, _, plain = run_well(store, checkpoint, fill=None)
+    assert plain["Metadata_CellReliance"].isna().all() and plain["Metadata_PredictedFromCell"].isna().all()
+    pd.testing.assert_series_equal(plain["Metadata_GradCAMO"], table["Metadata_GradCAMO"])
+
+
 def test_results_do_not_depend_on_batch_size(tmp_path, checkpoint):
     store = write_store(tmp_path / "store", 7)
     _, by_three, _ = run_well(store, checkpoint, batch_size=3)
     _, all_at_once, _ = run_well(store, checkpoint, batch_size=64)
+    for name in ("cell", "context"):
+        np.testing.assert_allclose(by_three["audit"][name], all_at_once["audit"][name], rtol=1e-4, atol=1e-5)
     for key in ("embedding", "probabilities", "scores"):
         np.testing.assert_allclose(by_three[key], all_at_once[key], rtol=1e-4, atol=1e-6, equal_nan=True)
     np.testing.assert_allclose(by_three["uniform"], all_at_once["uniform"])
@@ -146,7 +182,7 @@ def test_empty_well_has_the_full_schema(tmp_path, checkpoint):
     assert len(empty) == 0
     assert list(empty.columns) == list(full.columns)
     pd.testing.assert_series_equal(empty.dtypes, full.dtypes)
-    direct = empty_profile_table(empty_store.cells, "test", 1280, CLASSES)
+    direct = empty_profile_table(empty_store.cells, "test", 1280, CLASSES, CHANNELS)
     pd.testing.assert_frame_equal(direct, empty)
 
     write_profile_table(full, tmp_path / "full.parquet")

@@ -85,7 +85,7 @@ def test_training_learns_above_chance(project):
     test = metrics["splits"]["test"]
     chance = test["chance_level"]
     assert test["n_cells"] >= 50
-    assert test["accuracy"] >= chance + 0.15, f"test accuracy {test['accuracy']:.2f} vs chance {chance:.2f}"
+    assert test["accuracy"] >= chance + 0.25, f"test accuracy {test['accuracy']:.2f} vs chance {chance:.2f}"
 
 
 def test_every_cell_has_a_profile_and_gradcamo(project, wells):
@@ -139,10 +139,38 @@ def test_aggregate_tables_and_summary(project):
     assert {"gradcamo_above", "gradcamo_below"} <= set(activity.subset)
 
 
+def test_every_cell_is_audited(project):
+    cells = pd.read_parquet(project / "results/aggregate/cells.parquet")
+    for column in ("Metadata_CellReliance", "Metadata_ContextReliance"):
+        assert cells[column].notna().all() and cells[column].between(-1, 1).all()
+    classes = set(cells.Metadata_Treatment)
+    for column in ("Metadata_PredictedFromCell", "Metadata_PredictedFromContext"):
+        assert set(cells[column]) <= classes
+    audit = json.loads((project / "results/aggregate/summary.json").read_text())["audit"]
+    assert set(audit["by_split"]) == {"train", "val", "test"}
+    for split, entry in audit["by_split"].items():
+        group = cells[cells.Metadata_Split == split]
+        assert entry["n_cells"] == len(group)
+        assert entry["cell_only"] == pytest.approx(
+            (group.Metadata_PredictedFromCell == group.Metadata_Treatment).mean())
+        assert entry["context_only"] == pytest.approx(
+            (group.Metadata_PredictedFromContext == group.Metadata_Treatment).mean())
+        assert -1 <= entry["spearman_gradcamo_cell_reliance"] <= 1
+    assert set(audit["by_treatment"]) == classes
+
+
+def test_crops_do_not_leak_the_treatment_outside_cells(project):
+    """Plate normalisation from control wells: the background alone says nothing of the
+    treatment of held-out wells (per-site normalisation gave 0.63 here, chance 0.25)."""
+    leak = json.loads((project / "results/aggregate/summary.json").read_text())["audit"]["background_leak"]
+    assert leak["n_held_out"] >= 50 and leak["features"] == ["DNA", "ER", "RNA", "AGP", "Mito"]
+    assert leak["accuracy"] <= leak["chance"] + 0.10, leak
+
+
 @pytest.mark.parametrize(
     "name",
     ["umap_cells", "umap_wells", "map", "gradcamo_histogram", "gradcamo_by_treatment",
-     "gradcam_gallery", "training_curves"],
+     "gradcam_gallery", "training_curves", "audit"],
 )
 def test_figures_are_images(project, name):
     image = matplotlib.image.imread(project / f"results/figures/{name}.png")
@@ -154,3 +182,6 @@ def test_report(project):
     run_snakemake(project, "--report", "report.html")
     html = (project / "report.html").read_text(errors="replace")
     assert len(html) > 100_000 and "Grad-CAMO" in html
+    summary = json.loads((project / "results/aggregate/summary.json").read_text())
+    accuracy = summary["accuracy"]["test"]["accuracy"]
+    assert "The answer of this run" in html and f"{accuracy:.3f}".rstrip("0") in html

@@ -6,7 +6,7 @@ AGGREGATE_TABLES = {
     "wells": "results/aggregate/wells.parquet",
     "wells_sphered": "results/aggregate/wells_sphered.parquet",
     "map": "results/aggregate/map.parquet",
-    "summary": "results/aggregate/summary.json",
+    "summary": AGGREGATE_SUMMARY,
 }
 FIGURES = {
     "umap_cells": "results/figures/umap_cells.png",
@@ -16,6 +16,7 @@ FIGURES = {
     "by_treatment": "results/figures/gradcamo_by_treatment.png",
     "gallery": "results/figures/gradcam_gallery.png",
     "training_curves": "results/figures/training_curves.png",
+    "audit": "results/figures/audit.png",
 }
 
 # `snakemake --report` embeds the tables; Python's mimetypes does not know Parquet's
@@ -81,6 +82,7 @@ rule figures:
         cells=AGGREGATE_TABLES["cells"],
         wells_sphered=AGGREGATE_TABLES["wells_sphered"],
         map=AGGREGATE_TABLES["map"],
+        summary=AGGREGATE_TABLES["summary"],
         history="results/train/history.tsv",
         crop_stores=expand_wells("results/crops/{plate}/{well}/store.json"),
         crop_images=expand_wells("results/crops/{plate}/{well}/images.npy"),
@@ -125,6 +127,11 @@ rule figures:
             FIGURES["training_curves"],
             caption="../report/training_curves.rst",
             category="Training",
+        ),
+        audit=report(
+            FIGURES["audit"],
+            caption="../report/audit.rst",
+            category="Grad-CAMO",
         ),
     log:
         "logs/figures.log",

@@ -9,6 +9,8 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+AGGREGATE_SUMMARY = "results/aggregate/summary.json"
+
 # The library lives beside the rules; jobs (scripts, conda envs, cluster nodes) find it
 # through PYTHONPATH, the Snakefile itself through sys.path.
 LIB_DIR = str(Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "lib")
@@ -31,6 +33,7 @@ from gradcamo.samples import (
     check_config,
     check_sample_sheet,
     read_sample_sheet,
+    reference_wells,
     unknown_key_message,
     wells_table,
 )
@@ -74,6 +77,16 @@ check_sample_sheet(SAMPLES, SAMPLE_SHEET)
 check_config(config, SAMPLES)
 
 CHANNELS = list(config["channels"])
+
+# The report's front page states the run's answer in numbers. Snakemake renders that page
+# (workflow/report/workflow.rst) with nothing but the config, so the finished run's
+# headline is handed to it under a key no user sets (after validation, for the report only).
+if Path(AGGREGATE_SUMMARY).is_file():
+    import json
+
+    from gradcamo.headline import headline
+
+    config["_headline"] = headline(json.loads(Path(AGGREGATE_SUMMARY).read_text()))
 WELLS = wells_table(SAMPLES)
 
 
@@ -91,6 +104,32 @@ def well_sites(wildcards):
     """The sheet's rows (one per site) of the well named by the wildcards, in site order."""
     rows = SAMPLES[(SAMPLES.plate == wildcards.plate) & (SAMPLES.well == wildcards.well)]
     return rows.sort_values("site")
+
+
+def reference_sites(plate):
+    """The sheet's rows of the sites a plate is normalised by (crops.normalization.reference:
+    its control wells, or all wells), in well and site order."""
+    return SAMPLES[SAMPLES.well.isin(reference_wells(WELLS, plate, config))].query(
+        "plate == @plate"
+    ).sort_values(["well", "site"])
+
+
+def site_labels(plate, well, site):
+    """The label image the segment rule writes for one site (inside its well's folder)."""
+    return f"results/segment/{plate}/{well}/site{site}.tif"
+
+
+def reference_site_files(plate):
+    """``(z-stack, label image)`` of every reference site of a plate."""
+    rows = reference_sites(plate)
+    return [
+        (r.image, site_labels(r.plate, r.well, r.site)) for r in rows.itertuples(index=False)
+    ]
+
+
+def reference_segments(plate):
+    """Label folders (results/segment/{plate}/{well}) of a plate's reference wells."""
+    return [f"results/segment/{plate}/{well}" for well in reference_wells(WELLS, plate, config)]
 
 
 def well_images(wildcards):

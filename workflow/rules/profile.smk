@@ -7,6 +7,8 @@ rule profile:
         store_json="results/crops/{plate}/{well}/store.json",
         model="results/train/model.pt",
         split="results/split/wells.tsv",
+        # The plate's neutral fill, for the counterfactual audit.
+        fill="results/crops/{plate}/fill.npy",
     output:
         table="results/profiles/{plate}/{well}.parquet",
         **(
@@ -20,6 +22,10 @@ rule profile:
         target_layer=config["profile"]["target_layer"],
         target_class=config["profile"]["target_class"],
         batch_size=config["profile"]["batch_size"],
+        audit=config["profile"]["audit"],
+        cell_margin=config["crops"]["cell_margin"],
+        fill_seed=config["crops"]["fill"]["seed"],
+        channels=CHANNELS,
     threads: config["profile"]["threads"]
     resources:
         gpu=config["profile"]["gpu"],

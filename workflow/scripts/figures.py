@@ -1,6 +1,7 @@
 """The aggregate stage's figures: UMAPs, Grad-CAMO distributions, Grad-CAM gallery,
 training curves, mAP."""
 
+import json
 from pathlib import Path
 
 from gradcamo.logs import log_to
@@ -88,6 +89,23 @@ figures.save_figure(
         params.channels,
     ),
     out.gallery,
+)
+
+test = cells[cells["Metadata_Split"] == "test"]
+audit = json.loads(Path(snakemake.input.summary).read_text()).get("audit")
+if audit is None:
+    log.info("no audit in the profiles (profile.audit is off): the audit figure says so")
+figures.save_figure(
+    figures.audit_figure(
+        (audit or {}).get("by_treatment", {}),
+        test["Metadata_GradCAMO"].to_numpy(),
+        test["Metadata_CellReliance"].to_numpy(),
+        chance=1.0 / max(1, cells["Metadata_Treatment"].nunique()),
+        spearman=((audit or {}).get("by_split", {}).get("test") or {}).get(
+            "spearman_gradcamo_cell_reliance"
+        ),
+    ),
+    out.audit,
 )
 
 history = pd.read_csv(snakemake.input.history, sep="\t")

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gradcamo.errors import InputError
 from gradcamo.gradcam import GradCamProfiler
 from gradcamo.io import atomic_path
 from gradcamo.logs import log_to
@@ -48,11 +49,20 @@ log.info(
 )
 
 
+fill = np.load(sm.input.fill) if sm.params.audit else None
+if fill is not None and len(fill) == 0:
+    raise InputError(f"{sm.input.fill}: the plate's neutral fill is empty (no background in its reference sites)")
+
+
 def run(cams_out=None):
-    result = profile_store(profiler, store, target, sm.params.batch_size, device, cams_out)
+    result = profile_store(
+        profiler, store, target, sm.params.batch_size, device, cams_out,
+        fill=fill, cell_margin=sm.params.cell_margin, seed=sm.params.fill_seed,
+    )
     table = profile_table(
         store.cells, row["split"], result["embedding"], result["probabilities"],
         result["scores"], meta["classes"], result["attention"], result["uniform"],
+        result.get("audit"), result["background"], sm.params.channels,
     )
     write_profile_table(table, sm.output.table)
     return table
@@ -71,6 +81,11 @@ if "cams" in sm.output.keys():
             table = run()
 else:
     table = run()
+if fill is not None and len(table):
+    log.info(
+        "audit: mean reliance on the cell %.3f, on its context %.3f",
+        table["Metadata_CellReliance"].mean(), table["Metadata_ContextReliance"].mean(),
+    )
 log.info(
     "wrote %d cells; Grad-CAMO > 0.5 for %.1f %% (NaN for %d); mean attention share: "
     "cell %.3f (a uniform map: %.3f), neighbours %.3f, background %.3f",

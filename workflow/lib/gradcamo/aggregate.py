@@ -26,7 +26,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 from sklearn.preprocessing import StandardScaler
 
-from gradcamo.columns import ATTENTION_COLUMNS, GRADCAMO_COLUMN, UNIFORM_COLUMN
+from gradcamo.audit_summary import audit_statistics
+from gradcamo.columns import (
+    ATTENTION_COLUMNS,
+    AUDIT_PREDICTION_COLUMNS,
+    AUDIT_RELIANCE_COLUMNS,
+    BACKGROUND_PREFIX,
+    GRADCAMO_COLUMN,
+    UNIFORM_COLUMN,
+)
 from gradcamo.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,8 @@ PER_CELL_COLUMNS = (
     GRADCAMO_COLUMN,
     *ATTENTION_COLUMNS.values(),
     UNIFORM_COLUMN,
+    *AUDIT_RELIANCE_COLUMNS.values(),
+    *AUDIT_PREDICTION_COLUMNS.values(),
 )
 #: Where the Grad-CAM attention of a cell falls (profile-table columns; the first is Grad-CAMO).
 ATTENTION_REGIONS = {"cell": GRADCAMO_COLUMN, **ATTENTION_COLUMNS}
@@ -193,7 +203,9 @@ def well_profiles(cells: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     groups = cells.groupby(list(WELL_KEYS), sort=True, observed=True)
     # Metadata that is one value per well (treatment, split, ...) describes the well.
     candidates = [
-        c for c in metadata_columns(cells) if c not in WELL_KEYS and c not in PER_CELL_COLUMNS
+        c
+        for c in metadata_columns(cells)
+        if c not in WELL_KEYS and c not in PER_CELL_COLUMNS and not c.startswith(BACKGROUND_PREFIX)
     ]
     distinct = groups[candidates].nunique(dropna=False) if candidates else None
     constant = [c for c in candidates if distinct is not None and (distinct[c] <= 1).all()]
@@ -503,6 +515,7 @@ def summary(
             for split, group in cells.groupby("Metadata_Split", sort=True)
         },
         "mean_average_precision": mean_ap,
+        "audit": audit_statistics(cells),
     }
 
 

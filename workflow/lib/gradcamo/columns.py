@@ -14,3 +14,21 @@ ATTENTION_COLUMNS = {
 }
 #: The Grad-CAMO a uniform map would get: the cell's share of its crop's voxels.
 UNIFORM_COLUMN = "Metadata_GradCAMO_Uniform"
+#: The counterfactual audit (:mod:`gradcamo.audit`): drops of the target class's probability
+#: when the cell, or its context, is replaced by the neutral fill.
+AUDIT_RELIANCE_COLUMNS = {
+    "cell": "Metadata_CellReliance",
+    "context": "Metadata_ContextReliance",
+}
+#: The classes predicted from the cell alone (context replaced) and the context alone.
+AUDIT_PREDICTION_COLUMNS = {
+    "from_cell": "Metadata_PredictedFromCell",
+    "from_context": "Metadata_PredictedFromContext",
+}
+#: Per channel, the mean background intensity of a crop (the leak check's input).
+BACKGROUND_PREFIX = "Metadata_BackgroundMean_"
+
+
+def background_column(channel: str) -> str:
+    """The profile column of a channel's background mean."""
+    return f"{BACKGROUND_PREFIX}{channel}"

@@ -543,3 +543,64 @@ def activity_figure(activity: pd.DataFrame) -> Figure:
     ax.set_title("Phenotypic activity (mAP, copairs); hatched: not significant (corrected p >= 0.05)")
     ax.legend(title="level/split/subset", fontsize="small")
     return figure
+
+
+# --------------------------------------------------------------------------- audit
+
+
+AUDIT_INPUTS = {"full": "full crop", "cell_only": "cell alone", "context_only": "context alone"}
+
+
+def audit_figure(
+    by_treatment: Mapping[str, Mapping[str, float | None]],
+    gradcamo: np.ndarray,
+    cell_reliance: np.ndarray,
+    chance: float,
+    spearman: float | None = None,
+) -> Figure:
+    """The counterfactual audit of the test cells, in two panels.
+
+    Left: per treatment, accuracy from the full crop, from the cell alone (its context
+    replaced by the neutral fill) and from the context alone (the cell replaced), with the
+    chance level. Right: each cell's Grad-CAMO against its reliance on the cell (drop of
+    the target probability when the cell is replaced), with their Spearman correlation.
+
+    ``by_treatment``: treatment -> ``{"full", "cell_only", "context_only"}`` accuracies
+    (:func:`gradcamo.audit_summary.input_accuracies`); ``gradcamo``, ``cell_reliance``:
+    ``(N,)`` per test cell.
+    """
+    names = sorted(by_treatment)
+    figure = Figure(figsize=(max(6, 1.6 * len(names) + 2) + 5.5, 4.8), layout="constrained")
+    left, right = figure.subplots(1, 2, width_ratios=[max(6, 1.6 * len(names) + 2), 5.5])
+    if names:
+        width = 0.8 / len(AUDIT_INPUTS)
+        shades = {"full": "#555555", "cell_only": "#2b8cbe", "context_only": "#e34a33"}
+        for k, (key, label) in enumerate(AUDIT_INPUTS.items()):
+            values = [by_treatment[t].get(key) for t in names]
+            heights = [np.nan if v is None else v for v in values]
+            left.bar(np.arange(len(names)) + (k - 1) * width, heights, width, label=label,
+                     color=shades[key])
+        left.axhline(chance, color="black", linestyle=":", linewidth=1.2, label=f"chance ({chance:.2f})")
+        left.set_xticks(np.arange(len(names)))
+        left.set_xticklabels(names, fontsize="small")
+        left.set_ylim(0, 1.05)
+        left.legend(fontsize="small", loc="upper right")
+    else:
+        _message(left, "no test cells")
+    left.set_xlabel("treatment")
+    left.set_ylabel("accuracy (test cells)")
+    left.set_title("What the model predicts from")
+    gradcamo = np.asarray(gradcamo, np.float64)
+    reliance = np.asarray(cell_reliance, np.float64)
+    ok = np.isfinite(gradcamo) & np.isfinite(reliance)
+    if ok.any():
+        right.scatter(gradcamo[ok], reliance[ok], s=8, alpha=0.5, color="#2b8cbe")
+        right.axhline(0, color="grey", linewidth=0.8)
+    else:
+        _message(right, "no audited cells with a Grad-CAMO score")
+    right.set_xlim(-0.02, 1.02)
+    right.set_xlabel("Grad-CAMO (share of attention on the cell)")
+    right.set_ylabel("cell reliance (probability drop, cell replaced)")
+    rho = "n/a" if spearman is None else f"{spearman:.2f}"
+    right.set_title(f"Does the score agree with the model? Spearman {rho}")
+    return figure

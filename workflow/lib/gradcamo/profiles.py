@@ -12,7 +12,16 @@ A profile table has one row per cell, in crop-store order::
                            Grad-CAMO they sum to 1: where the model looks instead of the cell
     Metadata_GradCAMO_Uniform  Grad-CAMO a uniform map would get: the cell's share of the
                            crop's voxels (float32), the baseline to read Grad-CAMO against
+    Metadata_CellReliance     the audit (:mod:`gradcamo.audit`): drop of the target
+                           class's probability when the cell is replaced by the neutral fill
+    Metadata_ContextReliance  the same drop when the cell's context is replaced
+    Metadata_PredictedFromCell     class predicted from the cell alone (context replaced)
+    Metadata_PredictedFromContext  class predicted from the context alone (cell replaced)
+    Metadata_BackgroundMean_<channel>  mean background intensity of the crop, per channel
+                           (away from every cell): the aggregate stage's leak check
     emb_0000 ... emb_D-1   pooled penultimate embedding (float32 features)
+
+The audit's columns are NaN (predictions empty) when ``profile.audit`` is off.
 
 Columns follow the image-based profiling convention (pycytominer, CytoTable): every column
 not starting with ``Metadata_`` is a feature. A well without cells gives the same columns
@@ -24,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,7 +42,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gradcamo.columns import ATTENTION_COLUMNS, UNIFORM_COLUMN
+from gradcamo.audit import background_statistics, counterfactual_crops, target_probabilities
+from gradcamo.columns import (
+    ATTENTION_COLUMNS,
+    AUDIT_PREDICTION_COLUMNS,
+    AUDIT_RELIANCE_COLUMNS,
+    UNIFORM_COLUMN,
+    background_column,
+)
 from gradcamo.errors import InputError
 from gradcamo.gradcam import GradCamProfiler, attention_shares, uniform_gradcamo, upsample_cam
 from gradcamo.io import atomic_path
@@ -59,6 +76,9 @@ def profile_table(
     classes: Sequence[str],
     attention: dict[str, np.ndarray] | None = None,
     uniform: np.ndarray | None = None,
+    audit: dict[str, np.ndarray] | None = None,
+    background: np.ndarray | None = None,
+    channels: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Assemble a well's profile table (see the module docstring for its columns).
 
@@ -73,6 +93,9 @@ def profile_table(
     attention: ``neighbours`` and ``background`` shares, each ``(N,)``
         (:func:`gradcamo.gradcam.attention_shares`); None: NaN.
     uniform: ``(N,)`` Grad-CAMO of a uniform map (the cell's voxel share); None: NaN.
+    audit: ``cell``, ``context`` (reliances, ``(N,)``) and ``from_cell``, ``from_context``
+        (predicted class ids, ``(N,)``), from :func:`profile_store`; None: NaN / empty.
+    background: ``(N, C)`` background means, one column per name in ``channels``.
     """
     n = len(cells)
     embedding = np.asarray(embedding, dtype=np.float32)
@@ -102,6 +125,26 @@ def profile_table(
             UNIFORM_COLUMN: np.asarray(
                 np.full(n, np.nan) if uniform is None else uniform, dtype=np.float32
             ),
+            **{
+                column: np.asarray(
+                    (audit or {}).get(name, np.full(n, np.nan)), dtype=np.float32
+                )
+                for name, column in AUDIT_RELIANCE_COLUMNS.items()
+            },
+            **{
+                column: pd.Series(
+                    np.asarray(classes, object)[audit[name]] if audit else [None] * n,
+                    dtype=object,
+                )
+                for name, column in AUDIT_PREDICTION_COLUMNS.items()
+            },
+            **{
+                background_column(name): np.asarray(
+                    np.full(n, np.nan) if background is None else background[:, c],
+                    dtype=np.float32,
+                )
+                for c, name in enumerate(channels)
+            },
         }
     )
     features = pd.DataFrame(embedding, columns=feature_columns(embedding.shape[1]))
@@ -110,7 +153,11 @@ def profile_table(
 
 
 def empty_profile_table(
-    cells: pd.DataFrame, split: str, embedding_dim: int, classes: Sequence[str]
+    cells: pd.DataFrame,
+    split: str,
+    embedding_dim: int,
+    classes: Sequence[str],
+    channels: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The profile table of a well without cells: full schema, zero rows."""
     return profile_table(
@@ -122,6 +169,12 @@ def empty_profile_table(
         classes,
         {name: np.zeros(0, np.float32) for name in ATTENTION_COLUMNS},
         np.zeros(0, np.float32),
+        {
+            **{name: np.zeros(0, np.float32) for name in AUDIT_RELIANCE_COLUMNS},
+            **{name: np.zeros(0, np.int64) for name in AUDIT_PREDICTION_COLUMNS},
+        },
+        np.zeros((0, len(channels)), np.float32),
+        channels,
     )
 
 
@@ -161,7 +214,9 @@ def check_store_matches(
 ) -> None:
     """Raise :class:`InputError` if a checkpoint's channels or crop shape differ from a store's.
 
-    A different normalisation is only logged as a warning (same channels and shape still run).
+    A different normalisation method (scope, reference, percentiles, context) is only logged
+    as a warning (same channels and shape still run); the bounds themselves differ from plate
+    to plate (and from site to site) by design and are not compared.
     """
     channels, shape = list(meta["channels"]), tuple(int(s) for s in meta["crop_shape"])
     if channels != list(store.channels) or shape != tuple(store.crop_shape):
@@ -170,7 +225,10 @@ def check_store_matches(
             f"{shape} (Z, Y, X), but crop store {store.path} has channels {list(store.channels)} "
             f"and crop shape {tuple(store.crop_shape)}"
         )
-    if meta.get("normalization") != store.normalization:
+    def method(normalization):
+        return {k: v for k, v in (normalization or {}).items() if k != "bounds"}
+
+    if method(meta.get("normalization")) != method(store.normalization):
         log.warning(
             "checkpoint %s normalisation %s differs from crop store %s normalisation %s",
             checkpoint, meta.get("normalization"), store.path, store.normalization,
@@ -196,6 +254,21 @@ def target_class_index(target_class: str, treatment: str, classes: Sequence[str]
     return list(classes).index(treatment)
 
 
+def audit_seeds(cells: pd.DataFrame, seed: int) -> list[tuple[int, ...]]:
+    """Per cell, the seed of its counterfactuals' fill: ``(seed, plate/well code, site,
+    object number)``, so a cell's audit depends neither on batching nor on the run."""
+    codes = [
+        zlib.crc32(f"{p}/{w}".encode())
+        for p, w in zip(cells["Metadata_Plate"], cells["Metadata_Well"])
+    ]
+    return [
+        (int(seed), int(code), int(site), int(obj))
+        for code, site, obj in zip(
+            codes, cells["Metadata_Site"], cells["Metadata_ObjectNumber"]
+        )
+    ]
+
+
 def profile_store(
     profiler: GradCamProfiler,
     store: CropStore,
@@ -203,8 +276,11 @@ def profile_store(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     cams_out: np.ndarray | None = None,
+    fill: np.ndarray | None = None,
+    cell_margin: int = 1,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Run the profiler over every cell of a crop store, batch by batch.
+    """Run the profiler, and the audit, over every cell of a crop store, batch by batch.
 
     Parameters
     ----------
@@ -214,13 +290,20 @@ def profile_store(
     batch_size: cells per forward/backward pass.
     cams_out: optional writable ``(N, Z, Y, X)`` array (e.g. a float16 memmap) that receives
         the upsampled Grad-CAM maps, each scaled to a maximum of 1 (all-zero maps stay 0).
+    fill: ``(M, C)`` neutral fill of the plate (:mod:`gradcamo.context`); None: no audit.
+    cell_margin: voxels around the cell mask that count as the cell in the audit and in
+        the background statistics.
+    seed: of the audit's fill draws (:func:`audit_seeds`).
 
     Returns
     -------
     dict with ``embedding`` (N×D float32), ``probabilities`` (N×K float32), ``scores``
     ((N,) float64 Grad-CAMO, NaN for all-zero maps) and ``attention`` (``neighbours`` and
     ``background`` shares, (N,) float64 each) and ``uniform`` ((N,) Grad-CAMO of a uniform
-    map: the cell's share of the crop's voxels). Logs one progress line per batch.
+    map: the cell's share of the crop's voxels), ``background`` ((N, C) background means),
+    and with a fill ``audit``: ``cell`` and ``context`` reliance ((N,) float64) and the
+    classes ``from_cell`` and ``from_context`` ((N,) int64), for the class each map explains.
+    Logs one progress line per batch.
     """
     model = profiler.model
     n, dim, n_classes = len(store), embedding_dim(model), model._fc.out_features
@@ -230,27 +313,52 @@ def profile_store(
         "scores": np.zeros(n, np.float64),
         "attention": {name: np.zeros(n, np.float64) for name in ATTENTION_COLUMNS},
         "uniform": np.zeros(n, np.float64),
+        "background": np.zeros((n, len(store.channels)), np.float64),
     }
+    if fill is not None:
+        out["audit"] = {
+            **{name: np.zeros(n, np.float64) for name in AUDIT_RELIANCE_COLUMNS},
+            **{name: np.zeros(n, np.int64) for name in AUDIT_PREDICTION_COLUMNS},
+        }
+        seeds = audit_seeds(store.cells, seed)
     if cams_out is not None and tuple(cams_out.shape) != (n, *store.crop_shape):
         raise ValueError(f"cams_out has shape {cams_out.shape}, expected {(n, *store.crop_shape)}")
     n_batches = -(-n // batch_size)
     start = time.perf_counter()
     for b, lo in enumerate(range(0, n, batch_size)):
         hi = min(lo + batch_size, n)
-        x = torch.from_numpy(np.array(store.images[lo:hi])).to(device).float()
-        mask = torch.from_numpy(np.array(store.masks[lo:hi])).to(device)
+        images = np.asarray(store.images[lo:hi], np.float32)
+        masks = np.array(store.masks[lo:hi])  # a copy: torch wants writable memory
+        x = torch.from_numpy(images).to(device)
+        mask = torch.from_numpy(masks).to(device)
         if target == "predicted":
             result = profiler(x, "predicted")
         else:
             result = profiler(x, torch.full((hi - lo,), int(target), device=device))
         cam = upsample_cam(result["cam"], store.crop_shape)
+        probabilities = torch.softmax(result["logits"].float(), 1)
         out["embedding"][lo:hi] = result["embedding"].float().cpu().numpy()
-        out["probabilities"][lo:hi] = torch.softmax(result["logits"].float(), 1).cpu().numpy()
+        out["probabilities"][lo:hi] = probabilities.cpu().numpy()
         shares = attention_shares(cam, mask)
         out["scores"][lo:hi] = shares["cell"].cpu().numpy()
         for name in ATTENTION_COLUMNS:
             out["attention"][name][lo:hi] = shares[name].cpu().numpy()
         out["uniform"][lo:hi] = uniform_gradcamo(mask).cpu().numpy()
+        out["background"][lo:hi] = background_statistics(images, masks, cell_margin)
+        if fill is not None:
+            chosen = probabilities.gather(1, result["target"][:, None])[:, 0].cpu().numpy()
+            without_cell, without_context = counterfactual_crops(
+                images, masks, fill, cell_margin, seeds[lo:hi]
+            )
+            for crops, reliance, predicted in (
+                (without_cell, "cell", "from_context"),
+                (without_context, "context", "from_cell"),
+            ):
+                p, classes = target_probabilities(
+                    model, torch.from_numpy(crops).to(device), result["target"]
+                )
+                out["audit"][reliance][lo:hi] = chosen - p
+                out["audit"][predicted][lo:hi] = classes
         if cams_out is not None:
             # Grad-CAM's scale is arbitrary (tiny for weak gradients, beyond float16 for
             # strong ones): store each map scaled to a maximum of 1; Grad-CAMO is unchanged.
