@@ -10,9 +10,10 @@ control's (DMSO):
 - ``CompoundB`` fragments mitochondria (tubular network -> puncta);
 - ``CompoundC`` coarsens the ER texture (fine reticulum -> coarse clumps).
 
-Treatment effects live inside cells only. With ``confounded=True`` a non-biological,
-treatment-specific stripe pattern and offset is added to the *background* (voxels outside
-every cell) of some channels, a shortcut a classifier can learn without looking at cells.
+Treatment effects live inside cells only. With ``confounded=True`` non-biological,
+treatment-coded debris (bright specks) is added to the *background* (voxels outside every
+cell) of some channels: a local shortcut a classifier can learn without looking at cells,
+and one a map could point at.
 
 Everything is a pure function of a :class:`numpy.random.Generator`; the generator of each
 site is seeded from ``(seed, plate, well, site)`` (:func:`site_seed`), so sites do not
@@ -39,7 +40,7 @@ CHANNELS: tuple[str, ...] = ("DNA", "ER", "RNA", "AGP", "Mito")
 VOXEL_SIZE: tuple[float, float, float] = (1.0, 0.65, 0.65)  # µm, (Z, Y, X)
 PLATES: tuple[str, ...] = ("P1", "P2")
 WELLS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "C02", "C03", "C04", "C05")
-SITES: tuple[int, ...] = (1, 2)
+SITES: tuple[int, ...] = (1, 2, 3)
 CONTROL = "DMSO"
 #: Treatment -> concentration (µM); the control's is 0.
 CONCENTRATIONS: dict[str, float] = {
@@ -65,17 +66,17 @@ class TreatmentEffect:
     """
 
     nucleus_scale: float = 1.0
-    mito_fragmentation: float = 0.3
-    er_coarseness: float = 0.3
+    mito_fragmentation: float = 0.2
+    er_coarseness: float = 0.2
     responder_fraction: float = 1.0
 
 
 def _default_effects() -> dict[str, TreatmentEffect]:
     return {
         "DMSO": TreatmentEffect(),
-        "CompoundA": TreatmentEffect(nucleus_scale=1.3, responder_fraction=0.85),
-        "CompoundB": TreatmentEffect(mito_fragmentation=0.75, responder_fraction=0.85),
-        "CompoundC": TreatmentEffect(er_coarseness=0.75, responder_fraction=0.85),
+        "CompoundA": TreatmentEffect(nucleus_scale=1.4, responder_fraction=0.9),
+        "CompoundB": TreatmentEffect(mito_fragmentation=0.85, responder_fraction=0.9),
+        "CompoundC": TreatmentEffect(er_coarseness=0.85, responder_fraction=0.9),
     }
 
 
@@ -100,10 +101,11 @@ class SynthesisParams:
     psf_sigma_um: Gaussian PSF SD (Z, Y, X) in µm.
     camera_offset, camera_gain, read_noise: counts = offset + gain * Poisson(photons)
         + N(0, read_noise), rounded; a low gain (counts per photon) keeps files small.
-    confounder_channels: channels that get the background pattern when confounded.
-    confounder_photons: stripe amplitude (photons) of the background pattern.
-    confounder_offset_photons: added background photons per treatment code step.
-    confounder_wavelength: stripe period in pixels.
+    confounder_channels: channels that carry the background debris when confounded
+        (:func:`background_confounder`).
+    confounder_debris_per_site: debris specks per site of a treated well.
+    confounder_debris_photons: peak photons of a speck.
+    confounder_debris_sigma_um: Gaussian SD (Z, Y, X) of a speck in µm.
     """
 
     shape: tuple[int, int, int] = (12, 96, 96)
@@ -123,9 +125,9 @@ class SynthesisParams:
     camera_gain: float = 0.3
     read_noise: float = 0.5
     confounder_channels: tuple[str, ...] = ("ER", "Mito")
-    confounder_photons: float = 8.0
-    confounder_offset_photons: float = 2.0
-    confounder_wavelength: float = 12.0
+    confounder_debris_per_site: int = 150
+    confounder_debris_photons: float = 60.0
+    confounder_debris_sigma_um: tuple[float, float, float] = (0.8, 0.5, 0.5)
 
 
 # --------------------------------------------------------------------------- plate map
@@ -472,23 +474,30 @@ def background_confounder(
 ) -> np.ndarray:
     """Extra counts (ZCYX) outside every cell that encode the treatment (a planted shortcut).
 
-    For treatment code ``k`` (its position in ``params.effects``) the confounder channels get
-    stripes at ``k * 45°`` (period ``confounder_wavelength``, random phase per site) plus
-    ``k * confounder_offset_photons`` photons, with their own shot noise; zero inside cells.
+    Treatment-coded *debris*: small bright specks (Gaussian, ``confounder_debris_sigma_um``)
+    scattered through the background, as precipitate or dust would lie -- a local shortcut
+    that an attribution map can point at, unlike a global offset. Treatment code ``k`` (its
+    position in ``params.effects``; 0 = the control, no debris) sets which of
+    ``params.confounder_channels`` carry it, by the bits of ``k`` (code 1: the first,
+    2: the second, 3: both), ``confounder_debris_per_site`` specks per site, with their own
+    shot noise; zero inside cells.
     """
     code = list(params.effects).index(treatment)
     nz, ny, nx = labels.shape
-    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float32)
-    angle = code * np.pi / 4
-    phase = rng.uniform(0, 2 * np.pi)
-    stripes = 0.5 * (1 + np.sin(2 * np.pi * (yy * np.sin(angle) + xx * np.cos(angle))
-                                / params.confounder_wavelength + phase))
-    pattern = params.confounder_photons * stripes + code * params.confounder_offset_photons
     extra = np.zeros((nz, len(CHANNELS), ny, nx), np.float32)
     background = labels == 0
-    for name in params.confounder_channels:
-        ch = CHANNELS.index(name)
-        extra[:, ch] = rng.poisson(np.broadcast_to(pattern, (nz, ny, nx))) * background
+    z, y, x = np.nonzero(background)
+    points = np.zeros(labels.shape, np.float32)
+    if code and len(z):
+        pick = rng.choice(len(z), size=min(params.confounder_debris_per_site, len(z)), replace=False)
+        points[z[pick], y[pick], x[pick]] = rng.uniform(0.7, 1.3, len(pick))
+    sigma = _voxels(params.confounder_debris_sigma_um)
+    # Unit peak height for a single speck, whatever its width.
+    peak = ndimage.gaussian_filter(np.pad(np.ones((1, 1, 1), np.float32), 4), sigma).max()
+    specks = ndimage.gaussian_filter(points, sigma) / peak * params.confounder_debris_photons
+    for bit, name in enumerate(params.confounder_channels):
+        if code & (1 << bit):
+            extra[:, CHANNELS.index(name)] = rng.poisson(specks) * background
     return extra * params.camera_gain
 
 
@@ -505,7 +514,7 @@ def synthesize_site(
     rng: the site's generator (e.g. ``np.random.default_rng(site_seed(...))``).
     treatment: a key of ``params.effects``.
     params: :class:`SynthesisParams` (defaults when ``None``).
-    confounded: add the treatment-coded background pattern (:func:`background_confounder`).
+    confounded: add the treatment-coded background debris (:func:`background_confounder`).
         It draws from ``rng`` only after everything else, so the clean and confounded
         variants of a site are identical inside cells.
 
