@@ -9,7 +9,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.snakemake/cache/numba
 export MPLCONFIGDIR ?= $(CURDIR)/.snakemake/cache/matplotlib
 export CELLPOSE_LOCAL_MODELS_PATH ?= $(CURDIR)/resources/cellpose_models
 
-.PHONY: setup demo demo-confounded report test bench lint clean
+.PHONY: setup demo demo-confounded report test bench validate lint clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ demo-confounded: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The validation study of attribution methods x layers against the counterfactual audit
+# (README "Which map to trust"): about an hour on 2 cores; results/validate/summary.md.
+validate: setup
+	$(BIN)/python bench/validate_attribution.py --cores 2
 
 lint: setup
 	$(BIN)/snakemake --lint

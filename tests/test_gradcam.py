@@ -8,10 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.transforms import ScaleIntensity
-from monai.visualize import GradCAM
+from monai.visualize import GradCAM, GradCAMpp
 
 from gradcamo.errors import InputError
-from gradcamo.gradcam import GradCamProfiler, attention_shares, gradcamo_score, upsample_cam
+from gradcamo.gradcam import (
+    METHODS,
+    GradCamProfiler,
+    attention_shares,
+    gradcamo_score,
+    layer_for_resolution,
+    map_shapes,
+    upsample_cam,
+)
 from gradcamo.model import build_model, embedding_dim
 
 CROP = (8, 64, 64)  # _conv_head is 1×2×2 here, _blocks.3 2×4×4, _blocks.1 2×16×16
@@ -181,3 +189,90 @@ def test_attention_shares_split_each_map_into_cell_neighbours_background():
 def test_gradcamo_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="mask"):
         gradcamo_score(np.zeros((2, 3, 4, 4)), np.zeros((2, 3, 4, 5)))
+
+
+# ------------------------------------------------------------------ other attribution methods
+
+
+def reference_layer_maps(model, layer, x, classes, formula):
+    """Activations and gradients of ``layer`` from the full model with autograd hooks (the
+    way pytorch-grad-cam gets them), one cell at a time, then ``formula(acts, grads)`` as
+    pytorch-grad-cam's ``get_cam_image`` writes it (NumPy, (K, Z, Y, X) -> (Z, Y, X)), then
+    its ReLU."""
+    module = dict(model.named_modules())[layer]
+    maps = []
+    for i, k in enumerate(classes):
+        store = {}
+        handle = module.register_forward_hook(lambda m, inp, out: store.update(a=out))
+        logits = model(x[i : i + 1])
+        handle.remove()
+        (grads,) = torch.autograd.grad(logits[0, int(k)], store["a"])
+        acts, grads = store["a"][0].detach().numpy(), grads[0].numpy()
+        maps.append(np.maximum(formula(acts, grads), 0))
+    return torch.from_numpy(np.stack(maps))
+
+
+PYTORCH_GRAD_CAM = {
+    # pytorch_grad_cam/hirescam.py: elementwise_activations = grads * activations; sum(axis=1)
+    "hirescam": lambda a, g: (g * a).sum(axis=0),
+    # pytorch_grad_cam/layer_cam.py: np.maximum(grads, 0) * activations; sum(axis=1)
+    "layercam": lambda a, g: (np.maximum(g, 0) * a).sum(axis=0),
+}
+
+
+@pytest.mark.parametrize("method", sorted(PYTORCH_GRAD_CAM))
+@pytest.mark.parametrize("layer", ["_blocks.3", "_blocks.1.1"])
+def test_hirescam_and_layercam_match_pytorch_grad_cam_formulas(model, cells, method, layer):
+    out = GradCamProfiler(model, layer, method)(cells)
+    theirs = reference_layer_maps(model, layer, cells, out["target"], PYTORCH_GRAD_CAM[method])
+    assert out["cam"].shape == theirs.shape
+    ours, theirs = minmax(upsample_cam(out["cam"], CROP)), minmax(upsample_cam(theirs.float(), CROP))
+    assert (ours.flatten(1).std(1) > 0.02).all()
+    assert (ours - theirs).abs().max() <= PEER_TOLERANCE
+
+
+@pytest.mark.parametrize("layer", ["_blocks.3", "_blocks.1.1"])
+def test_gradcampp_matches_monai(model, cells, layer):
+    out = GradCamProfiler(model, layer, "gradcampp")(cells)
+    ours = minmax(upsample_cam(out["cam"], CROP))
+    cam = GradCAMpp(copy.deepcopy(model), target_layers=layer, postprocessing=minmax)
+    theirs = torch.cat([cam(cells[i : i + 1], class_idx=int(k)) for i, k in enumerate(out["target"])])[:, 0]
+    assert (ours.flatten(1).std(1) > 0.02).all()
+    assert (ours - theirs).abs().max() <= PEER_TOLERANCE
+
+
+def test_input_x_gradient_is_the_input_times_its_gradient(model, cells):
+    out = GradCamProfiler(model, "_conv_head", "input_x_gradient")(cells[:3])
+    assert out["cam"].shape == (3, *CROP)
+    x = cells[:3].clone().requires_grad_(True)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(logits.gather(1, out["target"][:, None]).sum(), x)
+    torch.testing.assert_close(out["cam"], (x * grad).abs().sum(1).detach(), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(out["logits"], logits.detach())
+
+
+def test_every_method_gives_a_share_per_cell(model, cells):
+    masks = (torch.rand(7, *CROP, generator=torch.Generator().manual_seed(3)) > 0.7).to(torch.uint8)
+    for method in METHODS:
+        out = GradCamProfiler(model, "_blocks.2", method)(cells)
+        assert (out["cam"] >= 0).all()
+        score = gradcamo_score(upsample_cam(out["cam"], CROP), masks)
+        assert ((score >= 0) & (score <= 1)).all(), method
+    with pytest.raises(InputError, match="gradcam"):
+        GradCamProfiler(model, "_blocks.2", "smoothgrad")
+
+
+def test_layer_by_resolution_serves_every_crop_size():
+    small = build_model("b0", 5, 3, (12, 32, 32))
+    paper = build_model("b0", 5, 3, (21, 128, 128))
+    assert map_shapes(small, (12, 32, 32))["_blocks.1"] == (3, 8, 8)
+    layer = layer_for_resolution(small, (12, 32, 32), 8)
+    assert min(map_shapes(small, (12, 32, 32))[layer][1:]) >= 8
+    assert layer.startswith("_blocks.1") or layer.startswith("_blocks.2.")
+    big = layer_for_resolution(paper, (21, 128, 128), 8)
+    shapes = map_shapes(paper, (21, 128, 128))
+    assert shapes[big][1:] == (8, 8)
+    names = list(shapes)
+    assert all(min(shapes[n][1:]) < 8 for n in names[names.index(big) + 1 :])
+    with pytest.raises(InputError, match="64 voxels"):
+        layer_for_resolution(small, (12, 32, 32), 64)

@@ -28,6 +28,10 @@ AGGREGATE_PARAMS = dict(
     gradcamo_threshold=config["aggregate"]["gradcamo_threshold"],
     sphering_epsilon=config["aggregate"]["sphering_epsilon"],
     sphering_method=config["aggregate"]["sphering_method"],
+    cam_method=config["profile"]["cam_method"],
+    attribution={
+        k: config["profile"][k] for k in ("cam_method", "target_layer", "target_resolution")
+    },
 )
 
 

@@ -19,7 +19,9 @@ rule profile:
     log:
         "logs/profile/{plate}/{well}.log",
     params:
+        cam_method=config["profile"]["cam_method"],
         target_layer=config["profile"]["target_layer"],
+        target_resolution=config["profile"]["target_resolution"],
         target_class=config["profile"]["target_class"],
         batch_size=config["profile"]["batch_size"],
         audit=config["profile"]["audit"],

@@ -47,7 +47,7 @@ try:
 except json.JSONDecodeError as exc:
     raise InputError(f"{snakemake.input.metrics}: not valid JSON ({exc})") from None
 info = summary(cells, wells, empty_wells, metrics, activity, params.control,
-               params.gradcamo_threshold)
+               params.gradcamo_threshold, attribution=params.attribution)
 
 out = snakemake.output
 for table, path in ((cells, out.cells), (wells, out.wells), (wells_sphered, out.wells_sphered),

@@ -63,10 +63,11 @@ figures.save_figure(
 )
 
 scores = cells["Metadata_GradCAMO"].to_numpy()
-figures.save_figure(figures.gradcamo_histogram_figure(scores, threshold), out.histogram)
+method = figures.METHOD_NAMES[params.cam_method]
+figures.save_figure(figures.gradcamo_histogram_figure(scores, threshold, method), out.histogram)
 figures.save_figure(
     figures.gradcamo_by_treatment_figure(
-        scores, cells["Metadata_Treatment"], threshold, attention_shares(cells)
+        scores, cells["Metadata_Treatment"], threshold, attention_shares(cells), method
     ),
     out.by_treatment,
 )
@@ -87,6 +88,7 @@ figures.save_figure(
         figures.read_gallery_cells(pool.iloc[lowest], crop_stores, cam_files),
         figures.read_gallery_cells(pool.iloc[highest], crop_stores, cam_files),
         params.channels,
+        method,
     ),
     out.gallery,
 )

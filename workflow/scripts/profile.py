@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from gradcamo.errors import InputError
-from gradcamo.gradcam import GradCamProfiler
+from gradcamo.gradcam import GradCamProfiler, layer_for_resolution, map_shapes
 from gradcamo.io import atomic_path
 from gradcamo.logs import log_to
 from gradcamo.model import load_checkpoint
@@ -42,10 +42,16 @@ check_store_matches(meta, store, sm.input.model)
 splits = pd.read_csv(sm.input.split, sep="\t", dtype=str)
 row = well_split(splits, plate, well, source=sm.input.split)
 target = target_class_index(sm.params.target_class, row["treatment"], meta["classes"])
-profiler = GradCamProfiler(model, sm.params.target_layer)
+layer = sm.params.target_layer
+if sm.params.target_resolution is not None:
+    layer = layer_for_resolution(model, store.crop_shape, sm.params.target_resolution)
+profiler = GradCamProfiler(model, layer, sm.params.cam_method)
 log.info(
-    "%d cells, crop shape %s, Grad-CAM at %s for the %s class",
-    len(store), store.crop_shape, sm.params.target_layer, sm.params.target_class,
+    "%d cells, crop shape %s, %s at %s (map %s) for the %s class",
+    len(store), store.crop_shape, sm.params.cam_method, profiler.target_layer,
+    "full resolution" if profiler.target_layer == "input"
+    else "x".join(map(str, map_shapes(model, store.crop_shape)[layer])),
+    sm.params.target_class,
 )
 
 

@@ -475,6 +475,7 @@ def summary(
     activity: pd.DataFrame,
     control: str,
     threshold: float = 0.5,
+    attribution: dict | None = None,
 ) -> dict:
     """The run's headline numbers as a JSON-ready dict (NaN written as ``None``).
 
@@ -484,6 +485,8 @@ def summary(
     empty_wells: profile tables without cells.
     metrics: the training stage's ``metrics.json``.
     activity: the mAP table (:func:`gradcamo.evaluation.activity_table`).
+    attribution: how the maps behind Grad-CAMO were made (``cam_method``, ``target_layer``,
+        ``target_resolution``), reported as ``attribution``.
     """
     by_split = {
         str(split): gradcamo_statistics(group["Metadata_GradCAMO"].to_numpy(), threshold)
@@ -507,6 +510,7 @@ def summary(
         "cells_per_split": {str(k): int(v) for k, v in cells["Metadata_Split"].value_counts().sort_index().items()},
         "accuracy": split_accuracies(metrics),
         "training": {k: metrics[k] for k in ("best_epoch", "epochs_run") if k in metrics},
+        "attribution": dict(attribution or {}),
         "gradcamo": gradcamo_statistics(cells["Metadata_GradCAMO"].to_numpy(), threshold),
         "gradcamo_by_split": by_split,
         "attention": attention_statistics(cells),

@@ -25,6 +25,14 @@ from gradcamo.io import atomic_path
 
 log = logging.getLogger(__name__)
 
+#: Display names of the attribution methods (``profile.cam_method``).
+METHOD_NAMES = {
+    "gradcam": "Grad-CAM",
+    "gradcampp": "Grad-CAM++",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+    "input_x_gradient": "input × gradient",
+}
 #: UMAP's spectral initialisation needs more samples than ``n_components + 1``.
 MIN_UMAP_SAMPLES = 3
 #: Display colours of channels 0, 1, 2, ... in composites (blue, green, red, magenta, yellow).
@@ -204,8 +212,11 @@ def umap_wells_figure(
 # --------------------------------------------------------------------------- Grad-CAMO
 
 
-def gradcamo_histogram_figure(scores: np.ndarray, threshold: float = 0.5) -> Figure:
-    """Histogram of Grad-CAMO over [0, 1], the threshold line and the share above it."""
+def gradcamo_histogram_figure(
+    scores: np.ndarray, threshold: float = 0.5, method: str = "Grad-CAM"
+) -> Figure:
+    """Histogram of Grad-CAMO over [0, 1], the threshold line and the share above it;
+    ``method`` names the attribution map behind the scores."""
     scores = np.asarray(scores, dtype=np.float64)
     finite = scores[np.isfinite(scores)]
     figure = Figure(figsize=(7, 4.5), layout="constrained")
@@ -222,9 +233,9 @@ def gradcamo_histogram_figure(scores: np.ndarray, threshold: float = 0.5) -> Fig
     ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top",
             bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "grey"})
     ax.set_xlim(0, 1)
-    ax.set_xlabel("Grad-CAMO (share of Grad-CAM attention on the cell of interest)")
+    ax.set_xlabel(f"Grad-CAMO (share of {method} attention on the cell of interest)")
     ax.set_ylabel("cells")
-    ax.set_title("Grad-CAMO of all cells")
+    ax.set_title(f"Grad-CAMO of all cells ({method})")
     ax.legend(loc="upper left")
     return figure
 
@@ -238,8 +249,9 @@ def gradcamo_by_treatment_figure(
     treatments: Sequence[str],
     threshold: float = 0.5,
     attention: pd.DataFrame | None = None,
+    method: str = "Grad-CAM",
 ) -> Figure:
-    """Grad-CAMO per treatment: a box plot (NaN excluded, share above the threshold noted) and,
+    """Grad-CAMO per treatment (from ``method``'s maps): a box plot (NaN excluded, share above the threshold noted) and,
     given ``attention`` (one row per cell, columns ``cell``, ``neighbours``, ``background``:
     shares of each cell's map), beside it the mean share of attention on each region."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -274,13 +286,15 @@ def gradcamo_by_treatment_figure(
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("treatment")
     ax.set_ylabel("Grad-CAMO")
-    ax.set_title(f"Grad-CAMO per treatment (red: {threshold:g})")
+    ax.set_title(f"Grad-CAMO per treatment, {method} (red: {threshold:g})")
     if attention is not None:
-        _attention_bars(axes[1], attention, treatments, names)
+        _attention_bars(axes[1], attention, treatments, names, method)
     return figure
 
 
-def _attention_bars(ax, attention: pd.DataFrame, treatments: np.ndarray, names: list[str]) -> None:
+def _attention_bars(
+    ax, attention: pd.DataFrame, treatments: np.ndarray, names: list[str], method: str
+) -> None:
     """Stacked bars: mean share of each treatment's Grad-CAM attention on each region; a black
     tick marks the cell's share a uniform map would get (``attention["uniform"]``, if given)."""
     def means(column: str, empty: float) -> np.ndarray:
@@ -304,7 +318,7 @@ def _attention_bars(ax, attention: pd.DataFrame, treatments: np.ndarray, names: 
     ax.set_xticklabels(names, fontsize="small")
     ax.set_ylim(0, 1.0)
     ax.set_xlabel("treatment")
-    ax.set_ylabel("mean share of Grad-CAM attention")
+    ax.set_ylabel(f"mean share of {method} attention")
     ax.set_title("Where the model looks: the cell, its neighbours, or the background")
     ax.legend(loc="upper right", fontsize="small", framealpha=0.9)
 
@@ -357,6 +371,7 @@ def cam_gallery_figure(
     lowest: Sequence[GalleryCell],
     highest: Sequence[GalleryCell],
     channels: Sequence[str],
+    method: str = "Grad-CAM",
 ) -> Figure:
     """Cells with the lowest and highest Grad-CAMO: where is the model looking?
 
@@ -378,13 +393,13 @@ def cam_gallery_figure(
     figure.suptitle(
         "Where is the model looking? Cells with the lowest and highest Grad-CAMO\n"
         f"max projection over Z ({legend}); yellow line: cell of interest; "
-        "heat map: Grad-CAM",
+        f"heat map: {method}",
         fontsize="medium",
     )
     for block, (cells, name) in enumerate(((lowest, "lowest"), (highest, "highest"))):
         top, bottom = axes[2 * block], axes[2 * block + 1]
         top[0].set_ylabel(f"{name} Grad-CAMO\ncrop", fontsize="medium")
-        bottom[0].set_ylabel(f"{name} Grad-CAMO\nGrad-CAM", fontsize="medium")
+        bottom[0].set_ylabel(f"{name} Grad-CAMO\n{method}", fontsize="medium")
         for j in range(columns):
             for ax in (top[j], bottom[j]):
                 ax.set_xticks([])

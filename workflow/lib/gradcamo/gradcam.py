@@ -1,9 +1,19 @@
-"""3D Grad-CAM and the Grad-CAMO score, with embeddings and logits from the same pass.
+"""3D attribution maps and the Grad-CAMO score, with embeddings and logits from the same pass.
 
-Grad-CAM (Selvaraju et al., 2017) at a layer with activations ``A`` (N×K×Z'×Y'×X') for a
-target logit ``y``: channel weights ``w_k = mean_{z,y,x} dy/dA_k``, map
-``ReLU(sum_k w_k A_k)`` (N×Z'×Y'×X'). Grad-CAMO (Gopalakrishnan et al., 2024) is the share of
-the upsampled map that falls on the cell of interest.
+At a layer with activations ``A`` (N×K×Z'×Y'×X') and gradients ``G = dy/dA`` of the target
+logit ``y`` (:data:`METHODS`, each a map N×Z'×Y'×X', non-negative):
+
+- ``gradcam`` (Selvaraju et al., 2017; the paper's): ``ReLU(sum_k mean(G_k) A_k)``;
+- ``gradcampp`` (Chattopadhay et al., 2018), as :class:`monai.visualize.GradCAMpp`: weights
+  ``sum_v alpha_kv ReLU(G_kv)`` with ``alpha = G² / (2 G² + sum_v A_kv G_kv³)``;
+- ``hirescam`` (Draelos & Carin, 2020): ``ReLU(sum_k G_k ⊙ A_k)``, no spatial averaging;
+- ``layercam`` (Jiang et al., 2021): ``ReLU(sum_k ReLU(G_k) ⊙ A_k)``;
+- ``input_x_gradient`` (Shrikumar et al., 2016): at the input, ``sum_c |x_c ⊙ dy/dx_c|``,
+  at full crop resolution (the whole network is differentiated).
+
+Grad-CAMO (Gopalakrishnan et al., 2024) is the share of the upsampled map that falls on the
+cell of interest; it is scale-free, so it is computed on the raw non-negative map (no
+min-max step).
 
 Why not call a Grad-CAM library per batch: :class:`monai.visualize.GradCAM` (and
 pytorch-grad-cam) run the whole model with autograd on and back-propagate through every
@@ -32,6 +42,12 @@ from gradcamo.errors import InputError
 from gradcamo.store import MASK_BACKGROUND, MASK_CELL, MASK_OTHER
 
 Step = tuple[tuple[str, ...], Callable[[torch.Tensor], torch.Tensor]]
+
+#: Methods that explain the activations of a named layer.
+LAYER_METHODS = ("gradcam", "gradcampp", "hirescam", "layercam")
+#: Methods that explain the input voxels (no target layer).
+INPUT_METHODS = ("input_x_gradient",)
+METHODS = LAYER_METHODS + INPUT_METHODS
 
 
 def _padded(conv: nn.Module, padding: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -79,16 +95,82 @@ def _run(steps: Sequence[Step], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def attribution_map(method: str, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """The map of ``method`` from a layer's (or the input's) activations and gradients.
+
+    ``activations``, ``gradients``: ``(N, K, Z', Y', X')``; returns ``(N, Z', Y', X')``,
+    non-negative. Grad-CAM++ leaves out MONAI's ``exp(score)`` factor on the gradients: a
+    positive constant per cell, which scales its map and changes no share of it.
+    """
+    a, g = activations, gradients
+    if method == "gradcam":
+        cam = torch.einsum("nk,nk...->n...", g.flatten(2).mean(2), a)
+    elif method == "gradcampp":
+        spatial = (1,) * (g.ndim - 2)
+        numerator = g.pow(2)
+        denominator = 2 * numerator + (a * g.pow(3)).flatten(2).sum(2).view(*g.shape[:2], *spatial)
+        denominator = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+        alpha = numerator / (denominator + 1e-7)
+        weights = (alpha * F.relu(g)).flatten(2).sum(2)
+        cam = torch.einsum("nk,nk...->n...", weights, a)
+    elif method == "hirescam":
+        cam = (g * a).sum(1)
+    elif method == "layercam":
+        cam = (F.relu(g) * a).sum(1)
+    elif method == "input_x_gradient":
+        return (g * a).abs().sum(1)
+    else:
+        raise ValueError(f"unknown attribution method {method!r}; one of {', '.join(METHODS)}")
+    return F.relu(cam)
+
+
+def map_shapes(model: EfficientNet, crop_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """Every sequential layer name of the model -> its map shape ``(Z', Y', X')`` for crops
+    of ``crop_shape`` (Z, Y, X), from one forward pass of an empty crop."""
+    steps = efficientnet_steps(model)
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, model._conv_stem.in_channels, *map(int, crop_shape))
+    x = x.to(next(model.parameters()).device)
+    shapes = {}
+    with torch.no_grad():
+        for names, step in steps:
+            x = step(x)
+            for name in names:
+                shapes[name] = tuple(x.shape[2:])
+    model.train(was_training)
+    return shapes
+
+
+def layer_for_resolution(model: EfficientNet, crop_shape: Sequence[int], voxels: int) -> str:
+    """The deepest layer whose map has at least ``voxels`` voxels along Y and along X.
+
+    One setting then serves every crop size: at ``voxels=8``, ``_blocks.1`` (3×8×8) for
+    12×32×32 crops and a block at stride 16 (2×8×8) for 21×128×128 ones. Raises
+    :class:`InputError` when even the first layer is coarser.
+    """
+    shapes = map_shapes(model, crop_shape)
+    fine = [name for name, shape in shapes.items() if min(shape[1:]) >= int(voxels)]
+    if not fine:
+        raise InputError(
+            f"no layer's map reaches {voxels} voxels in Y and X for crops {tuple(crop_shape)} "
+            f"(the finest is {max(shapes.values(), key=lambda s: min(s[1:]))})"
+        )
+    return fine[-1]
+
+
 class GradCamProfiler:
-    """Embedding, logits and 3D Grad-CAM of a batch in one forward and one backward pass.
+    """Embedding, logits and a 3D attribution map of a batch in one forward and one backward.
 
     Parameters
     ----------
     model: a MONAI ``EfficientNet`` (e.g. from :func:`gradcamo.model.build_model`); it is
         put in eval mode (BatchNorm uses running statistics, so cells are independent).
-    target_layer: module name whose output the Grad-CAM explains, one of
+    target_layer: module name whose output the map explains, one of
         :attr:`target_layers` (``_conv_head`` = the last conv block; ``_blocks.6``,
-        ``_blocks.5.13``, ... earlier ones, at finer resolution).
+        ``_blocks.5.13``, ... earlier ones, at finer resolution); ignored by input-level
+        methods.
+    method: one of :data:`METHODS` (default ``gradcam``, the paper's).
 
     Calling it with ``x`` (N×C×Z×Y×X) returns a dict of detached tensors:
     ``embedding`` (N×D, pooled penultimate features, D = 1280 for b0), ``logits`` (N×K),
@@ -96,16 +178,24 @@ class GradCamProfiler:
     the target layer's resolution; see :func:`upsample_cam`).
     """
 
-    def __init__(self, model: EfficientNet, target_layer: str = "_conv_head") -> None:
+    def __init__(
+        self, model: EfficientNet, target_layer: str = "_conv_head", method: str = "gradcam"
+    ) -> None:
+        if method not in METHODS:
+            raise InputError(f"attribution method {method!r} is not one of {', '.join(METHODS)}")
         steps = efficientnet_steps(model)
         self.target_layers = [name for names, _ in steps for name in names]
+        self.model = model.eval()
+        self.method = method
+        if method in INPUT_METHODS:  # differentiate the whole network, down to the input
+            self.target_layer, self._trunk, self._tail = "input", [], steps
+            return
         at = [k for k, (names, _) in enumerate(steps) if target_layer in names]
         if not at:
             raise InputError(
                 f"Grad-CAM target layer {target_layer!r} is not one of the model's sequential "
                 f"layers: {', '.join(self.target_layers)}"
             )
-        self.model = model.eval()
         self.target_layer = target_layer
         self._trunk = steps[: at[0] + 1]
         self._tail = steps[at[0] + 1 :]
@@ -139,8 +229,7 @@ class GradCamProfiler:
             # Only the gradient w.r.t. the activation: no parameter gradients are computed.
             (grads,) = torch.autograd.grad(selected, acts)
         with torch.no_grad():
-            weights = grads.flatten(2).mean(2)  # (N, K)
-            cam = F.relu(torch.einsum("nk,nk...->n...", weights, acts))
+            cam = attribution_map(self.method, acts.detach(), grads)
         return {
             "embedding": embedding.detach(),
             "logits": logits.detach(),

@@ -1,0 +1,251 @@
+"""Validation study: which attribution method and layer make Grad-CAMO agree with the audit?
+
+One command (``make validate``). On the mini dataset's clean and confounded variants it
+
+1. runs the real workflow (Snakemake, ``.test``-style config from ``config/config.yaml``) up
+   to the crop stores and the well split, once per variant, in ``results/validate/<variant>``;
+2. trains three kinds of model, each over ``--seeds`` training seeds
+   (:func:`gradcamo.training.train_classifier`, the ``train`` rule's function):
+   ``clean``       full-context crops of the clean variant (honest by construction),
+   ``confounded``  full-context crops of the confounded variant (can read the debris),
+   ``cell``        the confounded variant with ``crops.context: cell`` (context replaced by
+                   the neutral fill exactly as the crop stage does: the shortcut removed);
+3. profiles the test cells of each model with every method x layer of the grid
+   (:class:`gradcamo.gradcam.GradCamProfiler`) and runs the counterfactual audit once
+   (:func:`gradcamo.profiles.profile_store`), scoring each map on the model's own crops.
+
+Per method x layer it reports, as mean and SD over seeds, for each kind of model: mean
+Grad-CAMO, the share above 0.5, enrichment over the uniform-map baseline, and the Spearman
+correlation of Grad-CAMO with the audit's cell reliance; and the separation of the cheating
+(confounded) model from the honest ones, in units of the seeds' spread. Writes
+``results/validate/table.tsv`` (one row per method x layer x kind), ``models.tsv`` (accuracy
+and audit per trained model) and ``summary.md`` (the table the README shows).
+
+    .venv/bin/python bench/validate_attribution.py            # 3 seeds (about an hour on 2 cores)
+    .venv/bin/python bench/validate_attribution.py --seeds 1  # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from scipy.stats import spearmanr
+
+from gradcamo.context import cell_region, replace_region
+from gradcamo.gradcam import INPUT_METHODS, LAYER_METHODS, GradCamProfiler
+from gradcamo.profiles import audit_seeds, profile_store
+from gradcamo.store import CropStore, CropStoreWriter
+from gradcamo.synthetic import write_dataset
+from gradcamo.training import TrainSettings, train_classifier
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+LAYERS = ("_blocks.0", "_blocks.1", "_blocks.2")
+KINDS = ("clean", "confounded", "cell")
+log = logging.getLogger("validate")
+
+
+def project(workdir: Path, dataset: Path, config: dict) -> Path:
+    """A Snakemake project folder for one variant: its config and absolute-path sheet."""
+    (workdir / "config").mkdir(parents=True, exist_ok=True)
+    sheet = pd.read_csv(dataset / "samples.tsv", sep="\t")
+    for column in ("image", "labels"):
+        sheet[column] = [str(dataset / p) for p in sheet[column]]
+    sheet.to_csv(workdir / "config" / "samples.tsv", sep="\t", index=False)
+    (workdir / "config" / "config.yaml").write_text(
+        yaml.safe_dump({**config, "samples": "config/samples.tsv"}, sort_keys=False)
+    )
+    return workdir
+
+
+def crops_and_split(workdir: Path, wells: pd.DataFrame, cores: int) -> None:
+    """Run the workflow up to every well's crop store and the split (real Snakemake)."""
+    targets = ["results/split/wells.tsv"] + [
+        f"results/crops/{p}/{w}/store.json" for p, w in zip(wells.plate, wells.well)
+    ] + [f"results/crops/{p}/fill.npy" for p in sorted(set(wells.plate))]
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", str(cores),
+           "--quiet", "rules", *targets]
+    log.info("snakemake in %s", workdir)
+    subprocess.run(cmd, check=True)
+
+
+def cell_context_store(full: Path, out: Path, fill: np.ndarray, margin: int, seed: int) -> Path:
+    """The ``crops.context: cell`` store of a full-context one: the context of every crop
+    replaced by the fill, seeded per cell as :func:`gradcamo.crops.crop_cells` seeds it."""
+    if (out / "store.json").exists():
+        return out
+    store = CropStore.open(full)
+    writer = CropStoreWriter(out, len(store), store.channels, store.crop_shape,
+                             {**store.normalization, "context": "cell", "cell_margin": margin})
+    images = np.asarray(store.images, np.float32)
+    masks = np.asarray(store.masks)
+    cells = store.cells
+    for i in range(len(store)):
+        rng = np.random.default_rng(
+            [seed, int(cells["Metadata_Site"].iloc[i]), int(cells["Metadata_ObjectNumber"].iloc[i])])
+        images[i] = replace_region(images[i], ~cell_region(masks[i], margin), fill, rng)
+    writer.write(images, masks)
+    writer.close(cells)
+    return out
+
+
+def score_maps(profiler, store, fill, margin) -> dict:
+    """Grad-CAMO, its uniform baseline and (with a fill) the audit of every cell of a store."""
+    out = profile_store(profiler, store, "predicted", 64, "cpu", fill=fill, cell_margin=margin)
+    return out
+
+
+def model_rows(kind, seed, result, wells_store, fills, margin, methods) -> tuple[list, dict]:
+    """Profile the test wells of one trained model with every method x layer."""
+    model = result.model.eval()
+    test = wells_store[wells_store.split == "test"]
+    stores = [CropStore.open(p) for p in test.store]
+    truth = np.concatenate([s.cells["Metadata_Treatment"].to_numpy() for s in stores])
+    classes = np.asarray(result.meta["classes"])
+    # The audit (reliance does not depend on the map): once per model, with Grad-CAM.
+    audit = [score_maps(GradCamProfiler(model, "_blocks.2"), s, fills[p], margin)
+             for s, p in zip(stores, test.plate)]
+    reliance = np.concatenate([a["audit"]["cell"] for a in audit])
+    context = np.concatenate([a["audit"]["context"] for a in audit])
+    predicted = classes[np.concatenate([a["probabilities"].argmax(1) for a in audit])]
+    from_cell = classes[np.concatenate([a["audit"]["from_cell"] for a in audit])]
+    from_context = classes[np.concatenate([a["audit"]["from_context"] for a in audit])]
+    uniform = np.concatenate([a["uniform"] for a in audit])
+    summary = {
+        "kind": kind, "seed": seed, "n_test_cells": int(len(truth)),
+        "test_accuracy": float(np.mean(predicted == truth)),
+        "cell_only_accuracy": float(np.mean(from_cell == truth)),
+        "context_only_accuracy": float(np.mean(from_context == truth)),
+        "cell_reliance": float(np.mean(reliance)), "context_reliance": float(np.mean(context)),
+        "uniform_gradcamo": float(np.mean(uniform)),
+    }
+    rows = []
+    for method, layer in methods:
+        scores = np.concatenate([
+            score_maps(GradCamProfiler(model, layer, method), s, None, margin)["scores"]
+            for s in stores])
+        ok = np.isfinite(scores)
+        rho = spearmanr(scores[ok], reliance[ok]).statistic if ok.sum() > 2 else np.nan
+        rows.append({
+            "kind": kind, "seed": seed, "method": method, "layer": layer,
+            "mean_gradcamo": float(np.nanmean(scores)),
+            "share_above_0.5": float(np.mean(scores[ok] > 0.5)) if ok.any() else np.nan,
+            "enrichment": float(np.nanmean(scores) / np.mean(uniform)),
+            "spearman_cell_reliance": float(rho),
+        })
+        log.info("%s seed %d %s %s: %s", kind, seed, method, layer,
+                 {k: round(v, 3) for k, v in rows[-1].items() if isinstance(v, float)})
+    return rows, summary
+
+
+def separation(table: pd.DataFrame, metric: str, cheat: str, honest: str) -> pd.Series:
+    """Per method x layer: (honest mean - cheat mean) / pooled SD over seeds of ``metric``."""
+    grouped = table.groupby(["method", "layer", "kind"])[metric]
+    mean, sd = grouped.mean().unstack("kind"), grouped.std(ddof=1).unstack("kind")
+    spread = np.sqrt((sd[cheat] ** 2 + sd[honest] ** 2) / 2).replace(0, np.nan)
+    return (mean[honest] - mean[cheat]) / spread
+
+
+def summary_markdown(table: pd.DataFrame, models: pd.DataFrame) -> str:
+    """The study's tables as Markdown."""
+    grouped = table.groupby(["method", "layer", "kind"])
+    mean, sd = grouped.mean(numeric_only=True), grouped.std(ddof=1, numeric_only=True)
+    lines = ["| method | layer | share > 0.5: clean / confounded / cell | mean Grad-CAMO: clean / "
+             "confounded / cell | enrichment (clean) | Spearman vs cell reliance (clean) | "
+             "separation of share > 0.5, clean vs confounded (SD) |", "|---|---|---|---|---|---|---|"]
+    sep = separation(table, "share_above_0.5", "confounded", "clean")
+    for (method, layer), _ in table.groupby(["method", "layer"]):
+        def cell(metric, kind):
+            m, s = mean.loc[(method, layer, kind), metric], sd.loc[(method, layer, kind), metric]
+            return f"{m:.2f}" + (f"±{s:.2f}" if np.isfinite(s) else "")
+        lines.append(
+            f"| {method} | {layer if method not in INPUT_METHODS else 'input'} | "
+            + " / ".join(cell("share_above_0.5", k) for k in KINDS) + " | "
+            + " / ".join(cell("mean_gradcamo", k) for k in KINDS) + " | "
+            + f"{cell('enrichment', 'clean')} | {cell('spearman_cell_reliance', 'clean')} | "
+            + f"{sep.get((method, layer), np.nan):.1f} |")
+    per_kind = models.groupby("kind").agg(["mean", "std"]).round(3)
+    lines += ["", "| model | test accuracy | from cell alone | from context alone | cell reliance | "
+              "context reliance |", "|---|---|---|---|---|---|"]
+    for kind in KINDS:
+        if kind not in per_kind.index:
+            continue
+        row = per_kind.loc[kind]
+        lines.append(f"| {kind} | " + " | ".join(
+            f"{row[(m, 'mean')]:.2f}±{row[(m, 'std')]:.2f}" for m in (
+                "test_accuracy", "cell_only_accuracy", "context_only_accuracy",
+                "cell_reliance", "context_reliance")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "validate")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("gradcamo.profiles", "gradcamo.training"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    torch.set_num_threads(args.cores)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    margin, fill_seed = config["crops"]["cell_margin"], config["crops"]["fill"]["seed"]
+    methods = [(m, layer) for m in LAYER_METHODS for layer in LAYERS] + [(m, "input") for m in INPUT_METHODS]
+    args.out.mkdir(parents=True, exist_ok=True)
+    datasets = {"clean": REPO / "resources" / "mini", "confounded": args.out / "mini_confounded"}
+    if not (datasets["confounded"] / "samples.tsv").exists():
+        write_dataset(datasets["confounded"], seed=0, confounded=True)
+    stores = {}
+    for variant, dataset in datasets.items():
+        if variant == "clean" and "clean" not in args.kinds:
+            continue
+        workdir = project(args.out / variant, dataset, config)
+        wells = pd.read_csv(dataset / "samples.tsv", sep="\t").drop_duplicates(["plate", "well"])
+        crops_and_split(workdir, wells, args.cores)
+        split = pd.read_csv(workdir / "results/split/wells.tsv", sep="\t", dtype=str)
+        split["store"] = [str(workdir / "results/crops" / p / w) for p, w in zip(split.plate, split.well)]
+        stores[variant] = (workdir, split)
+    workdir, split = stores["confounded"]
+    fills = {p: np.load(workdir / f"results/crops/{p}/fill.npy") for p in split.plate.unique()}
+    cell = split.copy()
+    cell["store"] = [str(cell_context_store(Path(s), args.out / "cell" / p / w, fills[p], margin, fill_seed))
+                     for s, p, w in zip(split.store, split.plate, split.well)]
+    wells_of = {"clean": stores.get("clean", (None, None))[1], "confounded": split, "cell": cell}
+
+    rows, models = [], []
+    # Seeds outermost: a study cut short still compares every kind of model.
+    for seed in range(args.seeds):
+        for kind in args.kinds:
+            fills_here = {p: np.load(stores["clean" if kind == "clean" else "confounded"][0]
+                                     / f"results/crops/{p}/fill.npy") for p in split.plate.unique()}
+            start = time.perf_counter()
+            settings = TrainSettings.from_config({**config["train"], "seed": seed})
+            result = train_classifier(wells_of[kind], settings, config["channels"],
+                                      config["crops"]["shape"], "cpu")
+            log.info("%s seed %d trained in %.0f s: test %.3f", kind, seed,
+                     time.perf_counter() - start, result.metrics["test"]["accuracy"])
+            more, summary = model_rows(kind, seed, result, wells_of[kind], fills_here, margin, methods)
+            rows += more
+            models.append(summary)
+            pd.DataFrame(rows).to_csv(args.out / "table.tsv", sep="\t", index=False)
+            pd.DataFrame(models).to_csv(args.out / "models.tsv", sep="\t", index=False)
+    table, models = pd.DataFrame(rows), pd.DataFrame(models)
+    text = summary_markdown(table, models.drop(columns=["seed", "n_test_cells"]).set_index("kind").reset_index())
+    (args.out / "summary.md").write_text(text)
+    print(text)
+    print(json.dumps({"seeds": args.seeds, "out": str(args.out)}))
+
+
+if __name__ == "__main__":
+    main()
