@@ -73,8 +73,8 @@ def crops_and_split(workdir: Path, wells: pd.DataFrame, cores: int) -> None:
     targets = ["results/split/wells.tsv"] + [
         f"results/crops/{p}/{w}/store.json" for p, w in zip(wells.plate, wells.well)
     ] + [f"results/crops/{p}/fill.npy" for p in sorted(set(wells.plate))]
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", str(cores),
-           "--quiet", "rules", *targets]
+    cmd = [SNAKEMAKE, *targets, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--cores", str(cores), "--quiet", "rules"]
     log.info("snakemake in %s", workdir)
     subprocess.run(cmd, check=True)
 
