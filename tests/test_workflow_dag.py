@@ -83,3 +83,26 @@ def test_slurm_profile_dry_run(mini_project):
     proc = run_snakemake(mini_project, "--profile", str(folder), "-n")
     counts = _job_counts(proc.stdout)
     assert counts.get("train") == 1 and counts.get("segment") == N_WELLS
+
+
+def test_context_cell_and_other_maps_form_the_same_dag(tmp_path):
+    """crops.context: cell and another attribution method change what jobs compute, not
+    which jobs run."""
+    project = write_project(tmp_path, mini_sheet_rows(), {
+        "crops.context": "cell", "profile.cam_method": "layercam", "profile.target_resolution": 8,
+    })
+    counts = _job_counts(run_snakemake(project, "-n").stdout)
+    for rule, n in EXPECTED_JOBS.items():
+        assert counts.get(rule) == n, (rule, counts)
+
+
+def test_a_plate_without_controls_is_refused_by_name(tmp_path):
+    rows = [r for r in mini_sheet_rows() if not (r["plate"] == "P2" and r["treatment"] == "DMSO")]
+    sites = {"segmentation.train.sites": ["P1/B02/1", "P1/C03/1", "P2/C03/1"]}
+    project = write_project(tmp_path, rows, sites)
+    proc = run_snakemake(project, "-n", check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "crops.normalization.reference" in out and "'P2'" in out and "'all'" in out
+    project = write_project(tmp_path / "all", rows, {**sites, "crops.normalization.reference": "all"})
+    assert _job_counts(run_snakemake(project, "-n").stdout)["crop_normalization"] == 2
