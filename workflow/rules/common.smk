@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -31,6 +32,7 @@ for var, default in (
 from gradcamo.errors import InputError
 from gradcamo.samples import (
     check_config,
+    coerce_to_schema,
     check_sample_sheet,
     read_sample_sheet,
     reference_wells,
@@ -58,6 +60,11 @@ def _schema_error(exc, what, is_config=False):
         return f"config key {where!r}: {err.message}"
     return f"{what}: field {where!r}: {err.message}"
 
+
+# Nested --config values arrive as strings ("2" for 2): read them as the schema's types.
+with open(Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "schemas" / "config.schema.yaml") as _f:
+    _CONFIG_SCHEMA = yaml.safe_load(_f)
+config.update(coerce_to_schema(dict(config), _CONFIG_SCHEMA))
 
 try:
     validate(config, "../schemas/config.schema.yaml")

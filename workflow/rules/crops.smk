@@ -16,6 +16,7 @@ rule crop_normalization:
         # (image, labels) of every reference site; labels inside the segment folders above.
         sites=lambda wc: reference_site_files(wc.plate),
         channels=CHANNELS,
+        page_order=config["images"]["page_order"],
         normalization=config["crops"]["normalization"],
         fill=config["crops"]["fill"],
     threads: 1
@@ -51,6 +52,7 @@ rule crops:
             ].to_dict("records")
         ],
         channels=CHANNELS,
+        page_order=config["images"]["page_order"],
         settings=config["crops"],
     threads: 1
     resources:

@@ -2,13 +2,18 @@ rule qc_well:
     """Per-site, per-channel intensity, saturation and focus statistics of one well."""
     input:
         images=well_images,
+        # Ground-truth labels, where the sheet has them: checked against their z-stacks here,
+        # before any segmentation runs.
+        labels=lambda wc: [p for p in well_labels(wc) if p],
     output:
         "results/qc/{plate}/{well}.parquet",
     log:
         "logs/qc_well/{plate}/{well}.log",
     params:
         sites=lambda wc: list(well_sites(wc)["site"]),
+        labels=lambda wc: well_labels(wc),
         channels=CHANNELS,
+        page_order=config["images"]["page_order"],
         saturation_value=config["qc"]["saturation_value"],
     threads: 1
     resources:

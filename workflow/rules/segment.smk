@@ -56,6 +56,7 @@ rule train_segmentation:
     params:
         sites=list(SEGMENTATION_TRAINING_SITES["name"]),
         channels=CHANNELS,
+        page_order=config["images"]["page_order"],
         cytoplasm_channel=config["segmentation"]["cytoplasm_channel"],
         nucleus_channel=config["segmentation"]["nucleus_channel"],
         settings=SEGMENTATION_TRAIN_SETTINGS,
@@ -82,6 +83,7 @@ rule segment:
     params:
         sites=lambda wc: list(well_sites(wc)["site"]),
         channels=CHANNELS,
+        page_order=config["images"]["page_order"],
         voxel_size=config["voxel_size"],
         settings=SEGMENTATION_SETTINGS,
     threads: config["segmentation"]["threads"]

@@ -20,7 +20,7 @@ log.info(
 )
 bounds, fill = plate_reference(
     sites, len(channels), norm["lower_percentile"], norm["upper_percentile"], norm["scope"],
-    norm["sample_voxels"], fill_settings["voxels"], fill_settings["seed"],
+    norm["sample_voxels"], fill_settings["voxels"], fill_settings["seed"], sm.params.page_order,
 )
 result = {
     "plate": sm.wildcards.plate,

@@ -32,5 +32,7 @@ summary = write_well_store(
     context_fill=np.load(sm.input.fill) if settings["context"] == "cell" else None,
     cell_margin=settings["cell_margin"],
     seed=settings["fill"]["seed"],
+    page_order=sm.params.page_order,
 )
-log.info("wrote %d cells (%s), context %s", summary["n_cells"], summary, settings["context"])
+log.info("wrote %d cells (%s), context %s (crops.shape %s)", summary["n_cells"], summary,
+         settings["context"], settings["shape"])

@@ -2,15 +2,17 @@
 
 import pandas as pd
 
-from gradcamo.io import atomic_path, read_zstack
+from gradcamo.io import atomic_path, read_labels, read_zstack
 from gradcamo.logs import log_to
 from gradcamo.qc import site_qc
 
 log = log_to(snakemake.log[0])
 channels = snakemake.params.channels
 tables = []
-for site, path in zip(snakemake.params.sites, snakemake.input.images):
-    image = read_zstack(path, len(channels))
+for site, path, labels in zip(snakemake.params.sites, snakemake.input.images, snakemake.params.labels):
+    image = read_zstack(path, len(channels), snakemake.params.page_order)
+    if labels:  # a ground-truth label image must match its z-stack (named if it does not)
+        read_labels(labels, shape=(image.shape[0], *image.shape[2:]))
     table = site_qc(image, channels, snakemake.params.saturation_value)
     table.insert(0, "Metadata_Site", site)
     tables.append(table)

@@ -29,7 +29,7 @@ with atomic_path(sm.output[0]) as tmp:
     tmp.mkdir()
     for site, path in zip(sm.params.sites, sm.input.images):
         tic = time.perf_counter()
-        zstack = read_zstack(path, len(channels))
+        zstack = read_zstack(path, len(channels), sm.params.page_order)
         labels = segment_zstack(
             model,
             zstack,

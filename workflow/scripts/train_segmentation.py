@@ -23,7 +23,7 @@ log.info("training on %s", f"GPU {torch.cuda.get_device_name(0)}" if device.type
 
 images, labels = [], []
 for name, image_path, label_path in zip(sm.params.sites, sm.input.images, sm.input.labels):
-    zstack = read_zstack(image_path, len(channels))
+    zstack = read_zstack(image_path, len(channels), sm.params.page_order)
     truth = read_labels(label_path, shape=(zstack.shape[0], *zstack.shape[2:]))
     site_images, site_labels = training_planes(zstack, truth, channel_indices, settings["planes_per_site"])
     images += site_images

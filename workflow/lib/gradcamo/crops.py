@@ -322,6 +322,7 @@ def write_well_store(
     context_fill: np.ndarray | None = None,
     cell_margin: int = 0,
     seed: int = 0,
+    page_order: str | None = None,
 ) -> dict:
     """Write one well's crop store (:class:`gradcamo.store.CropStore` format) atomically.
 
@@ -339,6 +340,7 @@ def write_well_store(
     filters: ``min_volume``, ``max_volume``, ``drop_border``.
     context: ``"full"`` (the crop as imaged) or ``"cell"`` (everything outside the cell of
         interest replaced by ``context_fill``, see :func:`crop_cells`).
+    page_order: of untagged multi-page TIFFs (:func:`gradcamo.io.read_zstack`).
 
     Returns
     -------
@@ -376,8 +378,15 @@ def write_well_store(
     with atomic_path(out_dir) as tmp:
         writer = CropStoreWriter(tmp, len(table), channels, crop_shape, record)
         for site in sites:
-            zstack = read_zstack(site.image, len(channels))
+            zstack = read_zstack(site.image, len(channels), page_order)
             labels = read_labels(site.labels, shape=(zstack.shape[0], *zstack.shape[2:]))
+            for axis, size, extent in zip(AXES, crop_shape, labels.shape):
+                if size > extent:
+                    log.warning(
+                        "%s: the crop's %s size %d exceeds the z-stack's %d: every crop is at "
+                        "least %.0f %% padding along %s",
+                        site.image, axis, size, extent, 100 * (1 - extent / size), axis,
+                    )
             if scope == "site":
                 site_bounds = percentile_bounds(zstack, lower, upper)
                 record["bounds"][str(site.site)] = site_bounds.tolist()

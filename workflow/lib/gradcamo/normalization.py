@@ -86,6 +86,7 @@ def plate_reference(
     sample_voxels_per_channel: int,
     fill_voxels: int,
     seed: int,
+    page_order: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """A plate's normalisation bounds and neutral fill, from its reference sites.
 
@@ -98,6 +99,7 @@ def plate_reference(
         from, an equal strided share per site.
     fill_voxels: background voxels in the fill, an equal random share per site.
     seed: of the fill's draw.
+    page_order: of untagged multi-page TIFFs (:func:`gradcamo.io.read_zstack`).
 
     Returns
     -------
@@ -113,7 +115,7 @@ def plate_reference(
     fill_per_site = max(1, fill_voxels // len(sites))
     samples, raw_fill, fill = [], [], []
     for image, labels_path in sites:
-        zstack = read_zstack(image, n_channels)
+        zstack = read_zstack(image, n_channels, page_order)
         labels = read_labels(labels_path, shape=(zstack.shape[0], *zstack.shape[2:]))
         voxels = background_voxels(zstack, labels, fill_per_site, rng)
         if scope == "plate":  # normalised below, once the plate's bounds are known

@@ -22,15 +22,32 @@ def focus_per_plane(stack: np.ndarray) -> np.ndarray:
     return lap.reshape(len(stack), -1).var(axis=1) / np.maximum(mean, 1e-6) ** 2
 
 
+def saturation_level(dtype: np.dtype, configured: int) -> float | None:
+    """The intensity at or above which a voxel of ``dtype`` counts as saturated.
+
+    Integer cameras: ``configured`` (``qc.saturation_value``), but never above the dtype's
+    maximum (an 8-bit image saturates at 255 whatever the config says). Floating-point
+    images carry no camera range: None (saturation is not measured).
+    """
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        return float(min(int(configured), np.iinfo(dtype).max))
+    return None
+
+
 def site_qc(image: np.ndarray, channels: list[str], saturation_value: int) -> pd.DataFrame:
     """QC of one z-stack ``(Z, C, Y, X)``: one row per channel.
 
-    Columns: ``channel, mean, p01, p50, p99, saturated_fraction, focus_per_z`` (list, one
-    value per z-plane), ``best_focus_z``, ``focus_max``.
+    Columns: ``channel, mean, p01, p50, p99, saturated_fraction`` (NaN for floating-point
+    images, :func:`saturation_level`), ``focus_per_z`` (list, one value per z-plane),
+    ``best_focus_z``, ``focus_max``.
     """
+    level = saturation_level(image.dtype, saturation_value)
     rows = []
     for c, name in enumerate(channels):
-        stack = image[:, c]
+        # Contiguous, and compared in its own dtype: NumPy 2.0 crashed (SIGSEGV) comparing a
+        # strided uint8 view with 65535.
+        stack = np.ascontiguousarray(image[:, c])
         p = np.percentile(stack, PERCENTILES)
         focus = focus_per_plane(stack)
         rows.append(
@@ -38,7 +55,9 @@ def site_qc(image: np.ndarray, channels: list[str], saturation_value: int) -> pd
                 "channel": name,
                 "mean": float(stack.mean()),
                 **{f"p{q:02d}": float(v) for q, v in zip(PERCENTILES, p)},
-                "saturated_fraction": float((stack >= saturation_value).mean()),
+                "saturated_fraction": (
+                    float((stack >= stack.dtype.type(level)).mean()) if level is not None else np.nan
+                ),
                 "focus_per_z": focus.astype(float).tolist(),
                 "best_focus_z": int(np.argmax(focus)),
                 "focus_max": float(focus.max()),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -31,6 +32,17 @@ def _row_name(sheet: str | os.PathLike, df: pd.DataFrame, i: int) -> str:
     row = df.iloc[i]
     where = "/".join(str(row.get(c, "?")) for c in ("plate", "well"))
     return f"{sheet} line {i + 2} ({where}, site {row.get('site', '?')})"
+
+
+_WELL = re.compile(r"^([A-Za-z]{1,2})0*([0-9]{1,2})$")
+
+
+def canonical_well(name: str) -> str:
+    """One spelling per well: row letters upper-case, column zero-padded to two digits
+    (``b4``, ``B4`` and ``B004`` are ``B04``; ``AA1`` is ``AA01``). Names that are not
+    row-and-column positions are kept as they are."""
+    match = _WELL.match(name)
+    return f"{match.group(1).upper()}{int(match.group(2)):02d}" if match else name
 
 
 def read_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
@@ -68,6 +80,20 @@ def read_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
         raise InputError(f"{_row_name(path, df, i)}: field 'site' must be an integer, got {df.at[i, 'site']!r}")
     out = df.copy()
     out["site"] = site.astype(int)
+    out["well"] = [canonical_well(w) for w in df["well"]]
+    spellings = out.assign(raw=df["well"]).groupby(["plate", "well"])["raw"].unique()
+    for (plate, well), raw in spellings.items():
+        if len(raw) > 1:
+            lines = [
+                f"line {i + 2}: {df.at[i, 'well']!r}"
+                for i in out.index[(out["plate"] == plate) & (out["well"] == well)]
+                if df.at[i, "well"] != raw[0]
+            ][:3]
+            raise InputError(
+                f"{path}: plate {plate!r} names well {well} in {len(raw)} ways "
+                f"({', '.join(map(repr, raw))}; first {raw[0]!r}, then {', '.join(lines)}): "
+                "use one spelling per well"
+            )
     if "concentration" in df:
         conc = pd.to_numeric(df["concentration"].replace("", None), errors="coerce")
         bad = conc.isna() & (df["concentration"] != "")
@@ -152,6 +178,50 @@ def reference_wells(wells: pd.DataFrame, plate: str, config: Mapping[str, Any]) 
     if config["crops"]["normalization"]["reference"] == "controls":
         here &= control_wells(wells, config["aggregate"]["control"])
     return sorted(wells.loc[here, "well"])
+
+
+_SCALARS = {"integer": int, "number": float, "boolean": bool}
+
+
+def coerce_to_schema(value: Any, schema: Mapping[str, Any]) -> Any:
+    """``value`` with strings that stand for numbers or booleans read as such, where the
+    (JSON) schema asks for a number, an integer or a boolean.
+
+    Snakemake passes nested ``--config`` values as strings (``--config train='{epochs: 2}'``
+    gives ``{"epochs": "2"}``); a YAML file never needs this. Anything else -- and a string
+    that does not read as the wanted type -- is returned unchanged for the schema to judge.
+    """
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        return {k: coerce_to_schema(v, properties.get(k, {})) for k, v in value.items()}
+    if isinstance(value, list):
+        return [coerce_to_schema(v, schema.get("items", {})) for v in value]
+    wanted = schema.get("type", [])
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    if not isinstance(value, str) or "string" in wanted:
+        return value
+    import yaml  # local: only a string that needs reading costs the import
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    for name in wanted:
+        kind = _SCALARS.get(name)
+        if kind is bool and isinstance(parsed, bool):
+            return parsed
+        if kind is int and isinstance(parsed, int) and not isinstance(parsed, bool):
+            return parsed
+        if kind is float:
+            if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+                return parsed
+            try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
+        if name == "null" and parsed is None:
+            return None
+    return value
 
 
 def unknown_key_message(key_path: Iterable[str], key: str, allowed: Iterable[str]) -> str:
