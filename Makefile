@@ -43,6 +43,9 @@ validate: setup
 
 lint: setup
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check workflow bench tests
+	$(BIN)/ruff format --check workflow bench tests
 
 bench: setup
 	$(BIN)/python bench/bench_crops.py

@@ -21,6 +21,7 @@ include: "workflow/rules/aggregate.smk"
 
 
 rule all:
+    default_target: True
     input:
         expand("results/qc/{plate}.layout.png", plate=sorted(set(WELLS.plate))),
         expand_wells("results/qc/{plate}/{well}.parquet"),
@@ -28,4 +29,3 @@ rule all:
         "results/train/metrics.json",
         expand_wells("results/profiles/{plate}/{well}.parquet"),
         aggregate_targets(),
-    default_target: True

@@ -45,13 +45,15 @@ def synthetic_cells(n_cells: int, seed: int = 0) -> pd.DataFrame:
     features = rng.standard_normal((n_cells, N_FEATURES), dtype=np.float32)
     features += rng.standard_normal((n_cells, 10), dtype=np.float32) @ loadings
     features += effects[treatment]
-    meta = pd.DataFrame({
-        "Metadata_Plate": "P1",
-        "Metadata_Well": [f"W{w:03d}" for w in well],
-        "Metadata_Treatment": np.array(TREATMENTS)[treatment],
-        "Metadata_Split": np.where(well % 4 == 0, "test", "train"),
-        "Metadata_GradCAMO": rng.beta(2, 3, n_cells),
-    })
+    meta = pd.DataFrame(
+        {
+            "Metadata_Plate": "P1",
+            "Metadata_Well": [f"W{w:03d}" for w in well],
+            "Metadata_Treatment": np.array(TREATMENTS)[treatment],
+            "Metadata_Split": np.where(well % 4 == 0, "test", "train"),
+            "Metadata_GradCAMO": rng.beta(2, 3, n_cells),
+        }
+    )
     columns = [f"emb_{i:04d}" for i in range(N_FEATURES)]
     return pd.concat([meta, pd.DataFrame(features, columns=columns)], axis=1)
 
@@ -63,7 +65,11 @@ def peak_mb() -> float:
 def run_step(step: str, n_cells: int, umap_max_cells: int | None) -> dict:
     """One step on fresh synthetic data; returns seconds, peak MB, data MB and a note."""
     from gradcamo.aggregate import (
-        apply_sphering, control_mask, feature_columns, fit_control_sphering, well_profiles,
+        apply_sphering,
+        control_mask,
+        feature_columns,
+        fit_control_sphering,
+        well_profiles,
     )
 
     cells = synthetic_cells(n_cells)
@@ -83,9 +89,13 @@ def run_step(step: str, n_cells: int, umap_max_cells: int | None) -> dict:
 
         controls = cells.loc[control_mask(cells, "DMSO"), features]
         if len(controls) > 15000:
-            return {"seconds": None, "peak_mb": None, "data_mb": data_mb,
-                    "note": f"skipped: n x n U of {len(controls)} controls = "
-                            f"{len(controls) ** 2 * 8 / 1e9:.0f} GB"}
+            return {
+                "seconds": None,
+                "peak_mb": None,
+                "data_mb": data_mb,
+                "note": f"skipped: n x n U of {len(controls)} controls = "
+                f"{len(controls) ** 2 * 8 / 1e9:.0f} GB",
+            }
         spherize = Spherize(epsilon=1e-6, center=True, method="ZCA", return_numpy=True)
         spherize.fit(controls)
         sphered = spherize.transform(cells[features])
@@ -102,11 +112,11 @@ def run_step(step: str, n_cells: int, umap_max_cells: int | None) -> dict:
         sample = sample_per_treatment(cells, 500, seed=0)
         result = phenotypic_activity(sample, sample[features].to_numpy(), "DMSO", null_size=10000)
         note = f"{len(sample)} cells, mAP " + ", ".join(
-            f"{t}={m:.2f}" for t, m in zip(result.treatment, result.mean_average_precision))
+            f"{t}={m:.2f}" for t, m in zip(result.treatment, result.mean_average_precision)
+        )
     else:
         raise ValueError(step)
-    return {"seconds": time.perf_counter() - start, "peak_mb": peak_mb(), "data_mb": data_mb,
-            "note": note}
+    return {"seconds": time.perf_counter() - start, "peak_mb": peak_mb(), "data_mb": data_mb, "note": note}
 
 
 def main() -> None:
@@ -114,8 +124,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
     parser.add_argument("--umap-max-cells", type=int, default=20000)
     parser.add_argument("--full-umap", action="store_true", help="UMAP of every cell")
-    parser.add_argument("--steps", nargs="+",
-                        default=["well_profiles", "sphering", "pycytominer", "umap", "map"])
+    parser.add_argument(
+        "--steps", nargs="+", default=["well_profiles", "sphering", "pycytominer", "umap", "map"]
+    )
     parser.add_argument("--worker", nargs=2, metavar=("STEP", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     umap_cap = None if args.full_umap else args.umap_max_cells
@@ -125,13 +136,19 @@ def main() -> None:
     env = dict(os.environ)
     for var, sub in (("NUMBA_CACHE_DIR", "numba"), ("MPLCONFIGDIR", "matplotlib")):
         env.setdefault(var, f"/tmp/gradcamo-bench-cache/{sub}")
-    print(f"{'cells':>7} {'step':<14} {'seconds':>8} {'pyc/ours':>8} {'peak MB':>8} "
-          f"{'data MB':>8}  note")
+    print(f"{'cells':>7} {'step':<14} {'seconds':>8} {'pyc/ours':>8} {'peak MB':>8} {'data MB':>8}  note")
     for n in args.sizes:
         sphering_seconds = None
         for step in args.steps:
-            cmd = [sys.executable, __file__, "--worker", step, str(n),
-                   "--umap-max-cells", str(args.umap_max_cells)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                step,
+                str(n),
+                "--umap-max-cells",
+                str(args.umap_max_cells),
+            ]
             if args.full_umap:
                 cmd.append("--full-umap")
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -146,8 +163,7 @@ def main() -> None:
                 ratio = f"{r['seconds'] / sphering_seconds:7.1f}x"
             secs = f"{r['seconds']:8.1f}" if r["seconds"] is not None else f"{'-':>8}"
             peak = f"{r['peak_mb']:8.0f}" if r["peak_mb"] is not None else f"{'-':>8}"
-            print(f"{n:>7} {step:<14} {secs} {ratio:>8} {peak} {r['data_mb']:8.0f}  {r['note']}",
-                  flush=True)
+            print(f"{n:>7} {step:<14} {secs} {ratio:>8} {peak} {r['data_mb']:8.0f}  {r['note']}", flush=True)
 
 
 if __name__ == "__main__":

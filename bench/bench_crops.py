@@ -55,7 +55,10 @@ def run_one(folder: Path, n_sites: int, crop) -> dict:
     """Child process: the crop stage alone on the first ``n_sites`` sites; its peak RSS."""
     from gradcamo.crops import SiteFiles, write_well_store
 
-    sites = [SiteFiles(s, str(folder / f"s{s}.tif"), str(folder / f"s{s}_labels.tif")) for s in range(1, n_sites + 1)]
+    sites = [
+        SiteFiles(s, str(folder / f"s{s}.tif"), str(folder / f"s{s}_labels.tif"))
+        for s in range(1, n_sites + 1)
+    ]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tic = time.perf_counter()
     summary = write_well_store(
@@ -97,23 +100,50 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Sites are made in their own process too: Linux children start with their parent's
         # peak RSS as their own, so the parent must stay small for ru_maxrss to mean anything.
-        subprocess.run([sys.executable, __file__, "--make", str(max(args.sites)), "--folder", tmp,
-                        "--shape", *map(str, args.shape), "--cell-size", str(args.cell_size)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--make",
+                str(max(args.sites)),
+                "--folder",
+                tmp,
+                "--shape",
+                *map(str, args.shape),
+                "--cell-size",
+                str(args.cell_size),
+            ],
+            check=True,
+        )
         for n_sites in args.sites:
-            cmd = [sys.executable, __file__, "--child", str(n_sites), "--folder", tmp, "--crop", *map(str, args.crop)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                str(n_sites),
+                "--folder",
+                tmp,
+                "--crop",
+                *map(str, args.crop),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
     site_mb = np.prod(args.shape) * len(CHANNELS) * 2 / 2**20
     crop_mb = np.prod(args.crop) * len(CHANNELS) * 4 / 2**20
-    print(f"site ZCYX {args.shape[0]}x{len(CHANNELS)}x{args.shape[1]}x{args.shape[2]} uint16 ({site_mb:.0f} MB), "
-          f"crop {tuple(args.crop)} ({crop_mb:.2f} MB float32 per cell); fresh process per row, "
-          f"peak = ru_maxrss (imports alone: {rows[0]['rss_before_mb']:.0f} MB)")
+    print(
+        f"site ZCYX {args.shape[0]}x{len(CHANNELS)}x{args.shape[1]}x{args.shape[2]} uint16 "
+        f"({site_mb:.0f} MB), "
+        f"crop {tuple(args.crop)} ({crop_mb:.2f} MB float32 per cell); fresh process per row, "
+        f"peak = ru_maxrss (imports alone: {rows[0]['rss_before_mb']:.0f} MB)"
+    )
     print(f"{'sites':>5} {'cells':>6} {'s':>7} {'cells/s':>8} {'peak MB':>8} {'x cells/s':>9} {'x peak':>7}")
     base = rows[0]
     for r in rows:
         rate, base_rate = r["cells"] / r["seconds"], base["cells"] / base["seconds"]
-        print(f"{r['sites']:>5} {r['cells']:>6} {r['seconds']:>7.2f} {rate:>8.0f} {r['peak_rss_mb']:>8.0f} "
-              f"{rate / base_rate:>9.2f} {r['peak_rss_mb'] / base['peak_rss_mb']:>7.2f}")
+        print(
+            f"{r['sites']:>5} {r['cells']:>6} {r['seconds']:>7.2f} {rate:>8.0f} {r['peak_rss_mb']:>8.0f} "
+            f"{rate / base_rate:>9.2f} {r['peak_rss_mb'] / base['peak_rss_mb']:>7.2f}"
+        )
 
 
 if __name__ == "__main__":

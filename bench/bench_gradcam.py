@@ -47,12 +47,11 @@ import warnings
 
 import numpy as np
 import torch
-from monai.transforms import ScaleIntensity
-from monai.visualize import GradCAM
-
 from gradcamo.audit import counterfactual_crops, target_probabilities
 from gradcamo.gradcam import GradCamProfiler, upsample_cam
 from gradcamo.model import build_model
+from monai.transforms import ScaleIntensity
+from monai.visualize import GradCAM
 
 METHODS = ("ours", "ours+audit", "monai/cell", "monai/batch", "floor")
 
@@ -73,6 +72,7 @@ def realistic_model(crop_shape, n_classes=3, seed=0) -> torch.nn.Module:
 
 def make_method(name: str, model: torch.nn.Module, layer: str):
     """A callable ``f(x)`` computing what the method computes for the batch ``x``."""
+
     def embed(x):
         pooled = {}
         hook = model._avg_pooling.register_forward_hook(lambda m, i, o: pooled.update(out=o))
@@ -199,9 +199,9 @@ def peer_difference(model, x, layer) -> tuple[float, float | None]:
     out = GradCamProfiler(model, layer)(x)
     ours = upsample_cam(out["cam"], x.shape[2:]).cpu()
     cam = GradCAM(copy.deepcopy(model), target_layers=layer, postprocessing=lambda m: m)
-    theirs = torch.cat(
-        [cam(x[i : i + 1], class_idx=int(k)).detach() for i, k in enumerate(out["target"])]
-    )[:, 0].cpu()
+    theirs = torch.cat([cam(x[i : i + 1], class_idx=int(k)).detach() for i, k in enumerate(out["target"])])[
+        :, 0
+    ].cpu()
     peak = theirs.flatten(1).amax(1).clamp(min=1e-30)[:, None, None, None]
     relative = float(((ours - theirs).abs() / peak).max())
     if out["cam"][0].numel() == 1:
@@ -233,9 +233,22 @@ def measure(args) -> list[dict]:
     seconds = time_methods(runs, x, args.repeats, device)
     rows = []
     for name in METHODS:
-        cmd = [sys.executable, __file__, "--memory", name, "--layer", args.layer,
-               "--shape", *map(str, args.shape), "--batch", str(args.batch),
-               "--threads", str(args.threads), "--device", args.device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory",
+            name,
+            "--layer",
+            args.layer,
+            "--shape",
+            *map(str, args.shape),
+            "--batch",
+            str(args.batch),
+            "--threads",
+            str(args.threads),
+            "--device",
+            args.device,
+        ]
         peak = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         rows.append({"method": name, "seconds": seconds[name], "peak_mb": peak["peak_mb"]})
     relative, minmax = peer_difference(model, x, args.layer)
@@ -262,10 +275,16 @@ def measure(args) -> list[dict]:
             f"{r['seconds'] / ours:>13.2f} {r['seconds'] / floor:>13.2f} {r['peak_mb']:>8.1f}"
         )
     print(f"peer check vs MONAI GradCAM per cell: max |diff| / map max = {relative:.1e}", end="")
-    print(f", min-max normalised maps max |diff| = {minmax:.1e}" if minmax is not None else
-          " (one-voxel map: min-max comparison not meaningful)")
-    mem = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
-           else "peak RSS growth (VmHWM reset via /proc/self/clear_refs)")
+    print(
+        f", min-max normalised maps max |diff| = {minmax:.1e}"
+        if minmax is not None
+        else " (one-voxel map: min-max comparison not meaningful)"
+    )
+    mem = (
+        "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "peak RSS growth (VmHWM reset via /proc/self/clear_refs)"
+    )
     print(f"peak MB: {mem} of one first call in a fresh subprocess")
     return rows
 
@@ -278,8 +297,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tf32", action="store_true",
-                        help="let cuDNN convolutions use TF32 (PyTorch's default; the profile rule turns it off)")
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="let cuDNN convolutions use TF32 (PyTorch's default; the profile rule turns it off)",
+    )
     parser.add_argument("--paper", action="store_true", help="also the paper's 21×128×128 at batch 4")
     parser.add_argument("--memory", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()

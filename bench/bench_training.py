@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
 from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_table
 from gradcamo.model import build_model
 from gradcamo.store import CropStoreWriter
@@ -49,8 +48,15 @@ def write_stores(
                 rng.integers(0, 3, (n, *crop_shape), np.uint8),
             )
         writer.close(pd.DataFrame({"Metadata_Well": [f"B{w:02d}"] * per_well}))
-        rows.append({"plate": "P1", "well": f"B{w:02d}", "treatment": f"T{w % 4}",
-                     "split": "train", "store": str(path)})
+        rows.append(
+            {
+                "plate": "P1",
+                "well": f"B{w:02d}",
+                "treatment": f"T{w % 4}",
+                "split": "train",
+                "store": str(path),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -92,8 +98,12 @@ def loader_cells_per_second(wells, batch, num_workers, device, epochs=2) -> floa
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         loader = torch.utils.data.DataLoader(
-            data, batch_size=batch, sampler=BalancedDraws(labels, n_draws, 0, epoch),
-            drop_last=True, num_workers=num_workers, pin_memory=device.type == "cuda",
+            data,
+            batch_size=batch,
+            sampler=BalancedDraws(labels, n_draws, 0, epoch),
+            drop_last=True,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
         )
         for images, _ in loader:
             images.to(device, non_blocking=True)
@@ -109,8 +119,13 @@ def main() -> None:
     parser.add_argument("--crop", type=int, nargs=3, default=(12, 32, 32), metavar=("Z", "Y", "X"))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--norm", default="batch", choices=["batch", "group"])
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
-                        help="DataLoader worker counts to time (a GPU node has more cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0, 2],
+        help="DataLoader worker counts to time (a GPU node has more cores)",
+    )
     args = parser.parse_args()
     crop_shape = tuple(args.crop)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -21,7 +21,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-
 from gradcamo.training import TrainSettings, train_classifier
 
 
@@ -37,8 +36,9 @@ def main() -> None:
     parser.add_argument("--config", default="config/config.yaml")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides of the config's train section")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the config's train section"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -52,7 +52,10 @@ def main() -> None:
 
     start = time.perf_counter()
     result = train_classifier(
-        wells, TrainSettings.from_config(train), config["channels"], config["crops"]["shape"],
+        wells,
+        TrainSettings.from_config(train),
+        config["channels"],
+        config["crops"]["shape"],
         torch.device(args.device),
     )
     seconds = time.perf_counter() - start
@@ -62,10 +65,7 @@ def main() -> None:
         "seconds": round(seconds, 1),
         "best_epoch": result.meta["best_epoch"],
         "epochs_run": result.meta["epochs_run"],
-        **{
-            f"{split}_accuracy": round(m["accuracy"], 3)
-            for split, m in result.metrics.items()
-        },
+        **{f"{split}_accuracy": round(m["accuracy"], 3) for split, m in result.metrics.items()},
         "chance": round(result.metrics["test"]["chance_level"], 3),
     }
     print(json.dumps(summary))

@@ -39,14 +39,13 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from scipy.stats import spearmanr
-
 from gradcamo.context import cell_region, replace_region
 from gradcamo.gradcam import INPUT_METHODS, LAYER_METHODS, GradCamProfiler
-from gradcamo.profiles import audit_seeds, profile_store
+from gradcamo.profiles import profile_store
 from gradcamo.store import CropStore, CropStoreWriter
 from gradcamo.synthetic import write_dataset
 from gradcamo.training import TrainSettings, train_classifier
+from scipy.stats import spearmanr
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -70,11 +69,23 @@ def project(workdir: Path, dataset: Path, config: dict) -> Path:
 
 def crops_and_split(workdir: Path, wells: pd.DataFrame, cores: int) -> None:
     """Run the workflow up to every well's crop store and the split (real Snakemake)."""
-    targets = ["results/split/wells.tsv"] + [
-        f"results/crops/{p}/{w}/store.json" for p, w in zip(wells.plate, wells.well)
-    ] + [f"results/crops/{p}/fill.npy" for p in sorted(set(wells.plate))]
-    cmd = [SNAKEMAKE, *targets, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--cores", str(cores), "--quiet", "rules"]
+    targets = (
+        ["results/split/wells.tsv"]
+        + [f"results/crops/{p}/{w}/store.json" for p, w in zip(wells.plate, wells.well)]
+        + [f"results/crops/{p}/fill.npy" for p in sorted(set(wells.plate))]
+    )
+    cmd = [
+        SNAKEMAKE,
+        *targets,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        str(cores),
+        "--quiet",
+        "rules",
+    ]
     log.info("snakemake in %s", workdir)
     subprocess.run(cmd, check=True)
 
@@ -85,14 +96,20 @@ def cell_context_store(full: Path, out: Path, fill: np.ndarray, margin: int, see
     if (out / "store.json").exists():
         return out
     store = CropStore.open(full)
-    writer = CropStoreWriter(out, len(store), store.channels, store.crop_shape,
-                             {**store.normalization, "context": "cell", "cell_margin": margin})
+    writer = CropStoreWriter(
+        out,
+        len(store),
+        store.channels,
+        store.crop_shape,
+        {**store.normalization, "context": "cell", "cell_margin": margin},
+    )
     images = np.asarray(store.images, np.float32)
     masks = np.asarray(store.masks)
     cells = store.cells
     for i in range(len(store)):
         rng = np.random.default_rng(
-            [seed, int(cells["Metadata_Site"].iloc[i]), int(cells["Metadata_ObjectNumber"].iloc[i])])
+            [seed, int(cells["Metadata_Site"].iloc[i]), int(cells["Metadata_ObjectNumber"].iloc[i])]
+        )
         images[i] = replace_region(images[i], ~cell_region(masks[i], margin), fill, rng)
     writer.write(images, masks)
     writer.close(cells)
@@ -113,8 +130,10 @@ def model_rows(kind, seed, result, wells_store, fills, margin, methods) -> tuple
     truth = np.concatenate([s.cells["Metadata_Treatment"].to_numpy() for s in stores])
     classes = np.asarray(result.meta["classes"])
     # The audit (reliance does not depend on the map): once per model, with Grad-CAM.
-    audit = [score_maps(GradCamProfiler(model, "_blocks.2"), s, fills[p], margin)
-             for s, p in zip(stores, test.plate)]
+    audit = [
+        score_maps(GradCamProfiler(model, "_blocks.2"), s, fills[p], margin)
+        for s, p in zip(stores, test.plate)
+    ]
     reliance = np.concatenate([a["audit"]["cell"] for a in audit])
     context = np.concatenate([a["audit"]["context"] for a in audit])
     predicted = classes[np.concatenate([a["probabilities"].argmax(1) for a in audit])]
@@ -122,29 +141,43 @@ def model_rows(kind, seed, result, wells_store, fills, margin, methods) -> tuple
     from_context = classes[np.concatenate([a["audit"]["from_context"] for a in audit])]
     uniform = np.concatenate([a["uniform"] for a in audit])
     summary = {
-        "kind": kind, "seed": seed, "n_test_cells": int(len(truth)),
+        "kind": kind,
+        "seed": seed,
+        "n_test_cells": int(len(truth)),
         "test_accuracy": float(np.mean(predicted == truth)),
         "cell_only_accuracy": float(np.mean(from_cell == truth)),
         "context_only_accuracy": float(np.mean(from_context == truth)),
-        "cell_reliance": float(np.mean(reliance)), "context_reliance": float(np.mean(context)),
+        "cell_reliance": float(np.mean(reliance)),
+        "context_reliance": float(np.mean(context)),
         "uniform_gradcamo": float(np.mean(uniform)),
     }
     rows = []
     for method, layer in methods:
-        scores = np.concatenate([
-            score_maps(GradCamProfiler(model, layer, method), s, None, margin)["scores"]
-            for s in stores])
+        scores = np.concatenate(
+            [score_maps(GradCamProfiler(model, layer, method), s, None, margin)["scores"] for s in stores]
+        )
         ok = np.isfinite(scores)
         rho = spearmanr(scores[ok], reliance[ok]).statistic if ok.sum() > 2 else np.nan
-        rows.append({
-            "kind": kind, "seed": seed, "method": method, "layer": layer,
-            "mean_gradcamo": float(np.nanmean(scores)),
-            "share_above_0.5": float(np.mean(scores[ok] > 0.5)) if ok.any() else np.nan,
-            "enrichment": float(np.nanmean(scores) / np.mean(uniform)),
-            "spearman_cell_reliance": float(rho),
-        })
-        log.info("%s seed %d %s %s: %s", kind, seed, method, layer,
-                 {k: round(v, 3) for k, v in rows[-1].items() if isinstance(v, float)})
+        rows.append(
+            {
+                "kind": kind,
+                "seed": seed,
+                "method": method,
+                "layer": layer,
+                "mean_gradcamo": float(np.nanmean(scores)),
+                "share_above_0.5": float(np.mean(scores[ok] > 0.5)) if ok.any() else np.nan,
+                "enrichment": float(np.nanmean(scores) / np.mean(uniform)),
+                "spearman_cell_reliance": float(rho),
+            }
+        )
+        log.info(
+            "%s seed %d %s %s: %s",
+            kind,
+            seed,
+            method,
+            layer,
+            {k: round(v, 3) for k, v in rows[-1].items() if isinstance(v, float)},
+        )
     return rows, summary
 
 
@@ -160,31 +193,52 @@ def summary_markdown(table: pd.DataFrame, models: pd.DataFrame) -> str:
     """The study's tables as Markdown."""
     grouped = table.groupby(["method", "layer", "kind"])
     mean, sd = grouped.mean(numeric_only=True), grouped.std(ddof=1, numeric_only=True)
-    lines = ["| method | layer | share > 0.5: clean / confounded / cell | mean Grad-CAMO: clean / "
-             "confounded / cell | enrichment (clean) | Spearman vs cell reliance (clean) | "
-             "separation of share > 0.5, clean vs confounded (SD) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | layer | share > 0.5: clean / confounded / cell | mean Grad-CAMO: clean / "
+        "confounded / cell | enrichment (clean) | Spearman vs cell reliance (clean) | "
+        "separation of share > 0.5, clean vs confounded (SD) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     sep = separation(table, "share_above_0.5", "confounded", "clean")
     for (method, layer), _ in table.groupby(["method", "layer"]):
+
         def cell(metric, kind):
             m, s = mean.loc[(method, layer, kind), metric], sd.loc[(method, layer, kind), metric]
             return f"{m:.2f}" + (f"±{s:.2f}" if np.isfinite(s) else "")
+
         lines.append(
             f"| {method} | {layer if method not in INPUT_METHODS else 'input'} | "
-            + " / ".join(cell("share_above_0.5", k) for k in KINDS) + " | "
-            + " / ".join(cell("mean_gradcamo", k) for k in KINDS) + " | "
+            + " / ".join(cell("share_above_0.5", k) for k in KINDS)
+            + " | "
+            + " / ".join(cell("mean_gradcamo", k) for k in KINDS)
+            + " | "
             + f"{cell('enrichment', 'clean')} | {cell('spearman_cell_reliance', 'clean')} | "
-            + f"{sep.get((method, layer), np.nan):.1f} |")
+            + f"{sep.get((method, layer), np.nan):.1f} |"
+        )
     per_kind = models.groupby("kind").agg(["mean", "std"]).round(3)
-    lines += ["", "| model | test accuracy | from cell alone | from context alone | cell reliance | "
-              "context reliance |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| model | test accuracy | from cell alone | from context alone | cell reliance | context reliance |",
+        "|---|---|---|---|---|---|",
+    ]
     for kind in KINDS:
         if kind not in per_kind.index:
             continue
         row = per_kind.loc[kind]
-        lines.append(f"| {kind} | " + " | ".join(
-            f"{row[(m, 'mean')]:.2f}±{row[(m, 'std')]:.2f}" for m in (
-                "test_accuracy", "cell_only_accuracy", "context_only_accuracy",
-                "cell_reliance", "context_reliance")) + " |")
+        lines.append(
+            f"| {kind} | "
+            + " | ".join(
+                f"{row[(m, 'mean')]:.2f}±{row[(m, 'std')]:.2f}"
+                for m in (
+                    "test_accuracy",
+                    "cell_only_accuracy",
+                    "context_only_accuracy",
+                    "cell_reliance",
+                    "context_reliance",
+                )
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -219,29 +273,43 @@ def main() -> None:
     workdir, split = stores["confounded"]
     fills = {p: np.load(workdir / f"results/crops/{p}/fill.npy") for p in split.plate.unique()}
     cell = split.copy()
-    cell["store"] = [str(cell_context_store(Path(s), args.out / "cell" / p / w, fills[p], margin, fill_seed))
-                     for s, p, w in zip(split.store, split.plate, split.well)]
+    cell["store"] = [
+        str(cell_context_store(Path(s), args.out / "cell" / p / w, fills[p], margin, fill_seed))
+        for s, p, w in zip(split.store, split.plate, split.well)
+    ]
     wells_of = {"clean": stores.get("clean", (None, None))[1], "confounded": split, "cell": cell}
 
     rows, models = [], []
     # Seeds outermost: a study cut short still compares every kind of model.
     for seed in range(args.seeds):
         for kind in args.kinds:
-            fills_here = {p: np.load(stores["clean" if kind == "clean" else "confounded"][0]
-                                     / f"results/crops/{p}/fill.npy") for p in split.plate.unique()}
+            fills_here = {
+                p: np.load(
+                    stores["clean" if kind == "clean" else "confounded"][0] / f"results/crops/{p}/fill.npy"
+                )
+                for p in split.plate.unique()
+            }
             start = time.perf_counter()
             settings = TrainSettings.from_config({**config["train"], "seed": seed})
-            result = train_classifier(wells_of[kind], settings, config["channels"],
-                                      config["crops"]["shape"], "cpu")
-            log.info("%s seed %d trained in %.0f s: test %.3f", kind, seed,
-                     time.perf_counter() - start, result.metrics["test"]["accuracy"])
+            result = train_classifier(
+                wells_of[kind], settings, config["channels"], config["crops"]["shape"], "cpu"
+            )
+            log.info(
+                "%s seed %d trained in %.0f s: test %.3f",
+                kind,
+                seed,
+                time.perf_counter() - start,
+                result.metrics["test"]["accuracy"],
+            )
             more, summary = model_rows(kind, seed, result, wells_of[kind], fills_here, margin, methods)
             rows += more
             models.append(summary)
             pd.DataFrame(rows).to_csv(args.out / "table.tsv", sep="\t", index=False)
             pd.DataFrame(models).to_csv(args.out / "models.tsv", sep="\t", index=False)
     table, models = pd.DataFrame(rows), pd.DataFrame(models)
-    text = summary_markdown(table, models.drop(columns=["seed", "n_test_cells"]).set_index("kind").reset_index())
+    text = summary_markdown(
+        table, models.drop(columns=["seed", "n_test_cells"]).set_index("kind").reset_index()
+    )
     (args.out / "summary.md").write_text(text)
     print(text)
     print(json.dumps({"seeds": args.seeds, "out": str(args.out)}))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,8 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
 
@@ -76,7 +76,9 @@ def tiny_images(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(0)
     for name in ("a", "b", "c", "d"):
-        write_zstack(folder / f"{name}.tif", rng.integers(100, 1000, (4, 5, 16, 16), dtype=np.uint16), CHANNELS)
+        write_zstack(
+            folder / f"{name}.tif", rng.integers(100, 1000, (4, 5, 16, 16), dtype=np.uint16), CHANNELS
+        )
         labels = np.zeros((4, 16, 16), np.uint16)
         labels[1:3, 4:10, 4:10] = 1
         write_labels(folder / f"{name}_labels.tif", labels)

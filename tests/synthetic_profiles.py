@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from gradcamo.store import CropStoreWriter
 
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
@@ -20,13 +19,20 @@ N_FEATURES = 24
 CONTROL = "DMSO"
 #: (plate, well, treatment, split, n_cells)
 WELLS = [
-    ("P1", "B02", "DMSO", "train", 14), ("P1", "B03", "DMSO", "test", 12),
-    ("P1", "B04", "DMSO", "val", 10), ("P1", "C02", "ACTIVE", "train", 12),
-    ("P1", "C03", "ACTIVE", "test", 11), ("P1", "D02", "INERT", "train", 13),
-    ("P1", "D03", "INERT", "test", 12), ("P1", "E02", "SINGLE", "test", 9),
-    ("P2", "B02", "DMSO", "train", 12), ("P2", "B03", "DMSO", "test", 13),
-    ("P2", "C02", "ACTIVE", "val", 10), ("P2", "C03", "ACTIVE", "test", 12),
-    ("P2", "D02", "INERT", "val", 11), ("P2", "D03", "INERT", "test", 12),
+    ("P1", "B02", "DMSO", "train", 14),
+    ("P1", "B03", "DMSO", "test", 12),
+    ("P1", "B04", "DMSO", "val", 10),
+    ("P1", "C02", "ACTIVE", "train", 12),
+    ("P1", "C03", "ACTIVE", "test", 11),
+    ("P1", "D02", "INERT", "train", 13),
+    ("P1", "D03", "INERT", "test", 12),
+    ("P1", "E02", "SINGLE", "test", 9),
+    ("P2", "B02", "DMSO", "train", 12),
+    ("P2", "B03", "DMSO", "test", 13),
+    ("P2", "C02", "ACTIVE", "val", 10),
+    ("P2", "C03", "ACTIVE", "test", 12),
+    ("P2", "D02", "INERT", "val", 11),
+    ("P2", "D03", "INERT", "test", 12),
     ("P2", "D04", "INERT", "train", 0),
 ]
 

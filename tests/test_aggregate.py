@@ -7,8 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from pycytominer import normalize
-
 from gradcamo.aggregate import (
     PROFILE_ROW,
     feature_columns,
@@ -21,6 +19,7 @@ from gradcamo.aggregate import (
 )
 from gradcamo.errors import InputError
 from gradcamo.evaluation import activity_table
+from pycytominer import normalize
 from synthetic_profiles import CONTROL, WELLS, feature_names, write_profiles
 
 
@@ -49,7 +48,9 @@ def test_read_profile_tables_stacks_every_cell(cells_and_empty, profile_paths):
     assert list(first_well[PROFILE_ROW]) == list(range(WELLS[0][-1]))
     assert cells["Metadata_GradCAMO"].isna().any()
     original = pd.read_parquet(profile_paths[0])
-    np.testing.assert_array_equal(first_well[feature_names()].to_numpy(), original[feature_names()].to_numpy())
+    np.testing.assert_array_equal(
+        first_well[feature_names()].to_numpy(), original[feature_names()].to_numpy()
+    )
 
 
 def test_read_refuses_bad_tables(tmp_path, profile_paths):
@@ -88,9 +89,15 @@ def test_well_profiles_are_medians_per_well(cells_and_empty):
     wells = well_profiles(cells, threshold=0.5)
     non_empty = [w for w in WELLS if w[-1]]
     assert len(wells) == len(non_empty)
-    for column in ("Metadata_Treatment", "Metadata_Split", "Metadata_Concentration",
-                   "Metadata_Control", "Metadata_Cell_Count", "Metadata_GradCAMO_Median",
-                   "Metadata_GradCAMO_Above"):
+    for column in (
+        "Metadata_Treatment",
+        "Metadata_Split",
+        "Metadata_Concentration",
+        "Metadata_Control",
+        "Metadata_Cell_Count",
+        "Metadata_GradCAMO_Median",
+        "Metadata_GradCAMO_Above",
+    ):
         assert column in wells
     # Per-cell metadata does not leak into well profiles.
     for column in ("Metadata_ObjectNumber", "Metadata_Centroid_Z", PROFILE_ROW):
@@ -115,9 +122,14 @@ def _pycytominer_spherize(table, method, epsilon):
     features = feature_columns(table)
     meta = [c for c in table.columns if c not in features]
     return normalize(
-        table.reset_index(drop=True), features=features, meta_features=meta,
-        samples=f"Metadata_Treatment == '{CONTROL}'", method="spherize",
-        spherize_method=method, spherize_center=True, spherize_epsilon=epsilon,
+        table.reset_index(drop=True),
+        features=features,
+        meta_features=meta,
+        samples=f"Metadata_Treatment == '{CONTROL}'",
+        method="spherize",
+        spherize_method=method,
+        spherize_center=True,
+        spherize_epsilon=epsilon,
     )[features].to_numpy()
 
 
@@ -164,7 +176,9 @@ def test_sphering_refuses_bad_controls(cells_and_empty):
     with pytest.raises(InputError, match="aggregate.control.*'PBS'.*'ACTIVE'"):
         sphere_profiles(wells, "PBS", what="wells")
     one_control = wells[~((wells.Metadata_Treatment == CONTROL) & (wells.Metadata_Well != "B02"))]
-    one_control = one_control[~((one_control.Metadata_Treatment == CONTROL) & (one_control.Metadata_Plate == "P2"))]
+    one_control = one_control[
+        ~((one_control.Metadata_Treatment == CONTROL) & (one_control.Metadata_Plate == "P2"))
+    ]
     with pytest.raises(InputError, match="at least 2 control profiles.*control wells of 'DMSO': 1"):
         sphere_profiles(one_control, CONTROL, what="wells")
     constant = wells.copy()
@@ -198,11 +212,21 @@ def test_summary_is_complete_json(cells_and_empty):
         "best_epoch": 3,
         "epochs_run": 5,
         "splits": {
-            "train": {"n_cells": 51, "accuracy": 0.9, "balanced_accuracy": 0.88,
-                      "confusion_matrix": {"labels": ["A", "B"], "counts": [[1, 0], [0, 1]]},
-                      "chance_level": 0.25, "n_wells": 5},
-            "test": {"n_cells": 81, "accuracy": 0.7, "balanced_accuracy": None,
-                     "chance_level": 0.25, "n_wells": 7},
+            "train": {
+                "n_cells": 51,
+                "accuracy": 0.9,
+                "balanced_accuracy": 0.88,
+                "confusion_matrix": {"labels": ["A", "B"], "counts": [[1, 0], [0, 1]]},
+                "chance_level": 0.25,
+                "n_wells": 5,
+            },
+            "test": {
+                "n_cells": 81,
+                "accuracy": 0.7,
+                "balanced_accuracy": None,
+                "chance_level": 0.25,
+                "n_wells": 7,
+            },
         },
     }
     info = summary(cells, wells, empty, metrics, activity, CONTROL, 0.5)
@@ -212,10 +236,20 @@ def test_summary_is_complete_json(cells_and_empty):
     assert info["empty_wells"] == empty and len(empty) == 1
     assert info["control_wells"] == 5
     assert info["accuracy"] == {
-        "train": {"n_cells": 51, "accuracy": 0.9, "balanced_accuracy": 0.88,
-                  "chance_level": 0.25, "n_wells": 5},
-        "test": {"n_cells": 81, "accuracy": 0.7, "balanced_accuracy": None,
-                 "chance_level": 0.25, "n_wells": 7},
+        "train": {
+            "n_cells": 51,
+            "accuracy": 0.9,
+            "balanced_accuracy": 0.88,
+            "chance_level": 0.25,
+            "n_wells": 5,
+        },
+        "test": {
+            "n_cells": 81,
+            "accuracy": 0.7,
+            "balanced_accuracy": None,
+            "chance_level": 0.25,
+            "n_wells": 7,
+        },
     }
     assert info["training"] == {"best_epoch": 3, "epochs_run": 5}
     scores = cells.Metadata_GradCAMO
@@ -226,5 +260,7 @@ def test_summary_is_complete_json(cells_and_empty):
     assert set(well_map) == {"ACTIVE", "INERT", "SINGLE"}
     assert well_map["SINGLE"]["mean_average_precision"] is None
     assert set(info["mean_average_precision"]["cell"]) == {
-        "test/all", "test/gradcamo_above", "test/gradcamo_below"
+        "test/all",
+        "test/gradcamo_above",
+        "test/gradcamo_below",
     }

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from gradcamo import crops
 from gradcamo.store import CropStore
 from test_crops import CHANNELS, CROP, METADATA, PLATE_SCOPE, cube_labels, write_site
@@ -23,8 +22,9 @@ def test_cell_context_store_equals_the_crop_stage_with_context_cell(tmp_path):
     fill = np.random.default_rng(0).normal(0, 0.05, (50, 5)).astype(np.float32)
     common = dict(normalization=PLATE_SCOPE, bounds=bounds, cell_margin=1, seed=3)
     crops.write_well_store(tmp_path / "full", sites, METADATA, CHANNELS, CROP, **common)
-    crops.write_well_store(tmp_path / "cell", sites, METADATA, CHANNELS, CROP, **common,
-                           context="cell", context_fill=fill)
+    crops.write_well_store(
+        tmp_path / "cell", sites, METADATA, CHANNELS, CROP, **common, context="cell", context_fill=fill
+    )
     derived = STUDY["cell_context_store"](tmp_path / "full", tmp_path / "derived", fill, 1, 3)
     expected, got = CropStore.open(tmp_path / "cell"), CropStore.open(derived)
     np.testing.assert_array_equal(got.images, expected.images)
@@ -35,9 +35,21 @@ def test_cell_context_store_equals_the_crop_stage_with_context_cell(tmp_path):
 def test_separation_is_in_units_of_the_seeds_spread():
     rows = []
     for seed, (honest, cheat) in enumerate([(0.5, 0.1), (0.6, 0.2), (0.7, 0.3)]):
-        rows += [{"method": "layercam", "layer": "_blocks.0", "kind": "clean", "seed": seed,
-                  "share_above_0.5": honest},
-                 {"method": "layercam", "layer": "_blocks.0", "kind": "confounded", "seed": seed,
-                  "share_above_0.5": cheat}]
+        rows += [
+            {
+                "method": "layercam",
+                "layer": "_blocks.0",
+                "kind": "clean",
+                "seed": seed,
+                "share_above_0.5": honest,
+            },
+            {
+                "method": "layercam",
+                "layer": "_blocks.0",
+                "kind": "confounded",
+                "seed": seed,
+                "share_above_0.5": cheat,
+            },
+        ]
     separation = STUDY["separation"](pd.DataFrame(rows), "share_above_0.5", "confounded", "clean")
     assert separation[("layercam", "_blocks.0")] == pytest.approx(0.4 / 0.1)

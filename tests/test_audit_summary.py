@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from gradcamo.audit_summary import (
     audit_statistics,
     background_leak,
@@ -27,19 +26,25 @@ def audited_cells(n_per_well=20, leak=0.0, seed=0) -> pd.DataFrame:
         for w, split in enumerate(["train", "train", "val", "test"]):
             n = n_per_well
             reliance = rng.uniform(0, 1, n)
-            rows.append(pd.DataFrame({
-                "Metadata_Well": f"{treatment}{w}",
-                "Metadata_Treatment": treatment,
-                "Metadata_Split": split,
-                "Metadata_Predicted": treatment,
-                "Metadata_PredictedFromCell": treatment,
-                "Metadata_PredictedFromContext": TREATMENTS[(t + 1) % 3],
-                "Metadata_CellReliance": reliance,
-                "Metadata_ContextReliance": rng.uniform(-0.1, 0.1, n),
-                "Metadata_GradCAMO": np.clip(reliance + rng.normal(0, 0.1, n), 0, 1),
-                **{f"Metadata_BackgroundMean_{c}": rng.normal(0.1 + leak * t, 0.01, n)
-                   for c in ("DNA", "ER")},
-            }))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "Metadata_Well": f"{treatment}{w}",
+                        "Metadata_Treatment": treatment,
+                        "Metadata_Split": split,
+                        "Metadata_Predicted": treatment,
+                        "Metadata_PredictedFromCell": treatment,
+                        "Metadata_PredictedFromContext": TREATMENTS[(t + 1) % 3],
+                        "Metadata_CellReliance": reliance,
+                        "Metadata_ContextReliance": rng.uniform(-0.1, 0.1, n),
+                        "Metadata_GradCAMO": np.clip(reliance + rng.normal(0, 0.1, n), 0, 1),
+                        **{
+                            f"Metadata_BackgroundMean_{c}": rng.normal(0.1 + leak * t, 0.01, n)
+                            for c in ("DNA", "ER")
+                        },
+                    }
+                )
+            )
     return pd.concat(rows, ignore_index=True)
 
 

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from conftest import run_snakemake, write_project
 from gradcamo.crops import SiteFiles, write_well_store
 from gradcamo.errors import InputError
@@ -78,17 +77,25 @@ def test_a_truncated_tiff_is_named_as_truncated(tmp_path, keep):
 
 def test_well_names_have_one_spelling(tmp_path):
     assert [canonical_well(w) for w in ("B4", "b04", "B004", "AA1", "P24", "well1")] == [
-        "B04", "B04", "B04", "AA01", "P24", "well1"]
+        "B04",
+        "B04",
+        "B04",
+        "AA01",
+        "P24",
+        "well1",
+    ]
     image = tmp_path / "a.tif"
     write_zstack(image, stack(np.uint16), CHANNELS)
     rows = [("P1", "B4", 1, "X"), ("P1", "b4", 2, "X"), ("P1", "C03", 1, "DMSO")]
     sheet = tmp_path / "samples.tsv"
     pd.DataFrame(rows, columns=["plate", "well", "site", "treatment"]).assign(image="a.tif").to_csv(
-        sheet, sep="\t", index=False)
+        sheet, sep="\t", index=False
+    )
     with pytest.raises(InputError, match=r"plate 'P1' names well B04 in 2 ways.*'B4'.*line 3: 'b4'"):
         read_sample_sheet(sheet)
     pd.DataFrame(rows[::2], columns=["plate", "well", "site", "treatment"]).assign(image="a.tif").to_csv(
-        sheet, sep="\t", index=False)
+        sheet, sep="\t", index=False
+    )
     assert list(read_sample_sheet(sheet).well) == ["B04", "C03"]
 
 
@@ -102,19 +109,49 @@ def test_crops_deeper_than_the_stack_are_said_in_the_log(tmp_path, caplog):
     meta = {"plate": "P1", "well": "B02", "treatment": "X"}
     with caplog.at_level(logging.WARNING, logger="gradcamo.crops"):
         write_well_store(tmp_path / "store", [site], meta, CHANNELS, (8, 8, 8), normalization=norm)
-    assert any("s1.tif" in r.message and "Z size 8 exceeds the z-stack's 4" in r.message
-               and "50 % padding" in r.message for r in caplog.records)
+    assert any(
+        "s1.tif" in r.message
+        and "Z size 8 exceeds the z-stack's 4" in r.message
+        and "50 % padding" in r.message
+        for r in caplog.records
+    )
 
 
 def test_string_config_values_are_read_as_the_schema_types():
-    schema = {"properties": {"train": {"properties": {
-        "epochs": {"type": "integer"}, "learning_rate": {"type": "number"},
-        "mixed_precision": {"type": "boolean"}, "variant": {"type": "string"},
-        "target_resolution": {"type": ["integer", "null"]}}}}}
-    got = coerce_to_schema({"train": {"epochs": "2", "learning_rate": "1e-3", "mixed_precision": "true",
-                                      "variant": "7", "target_resolution": "null"}}, schema)
-    assert got == {"train": {"epochs": 2, "learning_rate": 0.001, "mixed_precision": True,
-                             "variant": "7", "target_resolution": None}}
+    schema = {
+        "properties": {
+            "train": {
+                "properties": {
+                    "epochs": {"type": "integer"},
+                    "learning_rate": {"type": "number"},
+                    "mixed_precision": {"type": "boolean"},
+                    "variant": {"type": "string"},
+                    "target_resolution": {"type": ["integer", "null"]},
+                }
+            }
+        }
+    }
+    got = coerce_to_schema(
+        {
+            "train": {
+                "epochs": "2",
+                "learning_rate": "1e-3",
+                "mixed_precision": "true",
+                "variant": "7",
+                "target_resolution": "null",
+            }
+        },
+        schema,
+    )
+    assert got == {
+        "train": {
+            "epochs": 2,
+            "learning_rate": 0.001,
+            "mixed_precision": True,
+            "variant": "7",
+            "target_resolution": None,
+        }
+    }
     assert coerce_to_schema({"train": {"epochs": "two"}}, schema) == {"train": {"epochs": "two"}}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from gradcamo.audit import background_statistics, counterfactual_crops, target_probabilities
 from gradcamo.context import background_voxels, cell_region, dilate, replace_region
 from gradcamo.crops import crop_cells
@@ -88,9 +87,15 @@ def test_context_cell_crops_keep_the_cell_and_fill_the_rest():
     labels[2:4, 0:4, 0:20] = 2
     import pandas as pd
 
-    cells = pd.DataFrame({"Metadata_Site": [1], "Metadata_ObjectNumber": [1],
-                          "Metadata_Centroid_Z": [2.5], "Metadata_Centroid_Y": [9.5],
-                          "Metadata_Centroid_X": [9.5]})
+    cells = pd.DataFrame(
+        {
+            "Metadata_Site": [1],
+            "Metadata_ObjectNumber": [1],
+            "Metadata_Centroid_Z": [2.5],
+            "Metadata_Centroid_Y": [9.5],
+            "Metadata_Centroid_X": [9.5],
+        }
+    )
     bounds = np.array([[100.0, 200.0], [100.0, 200.0]])
     fill = np.full((3, 2), 7.0, np.float32)
     full, masks = crop_cells(zstack, labels, cells, (6, 16, 16), bounds)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from gradcamo import crops, normalization
 from gradcamo.errors import InputError
 from gradcamo.io import read_labels, read_zstack, write_labels, write_zstack
@@ -107,7 +106,10 @@ def test_masks_mark_cell_of_interest_other_cells_and_background():
     for obj, other in ((7, 3), (3, 7)):
         mask = by_object[obj]
         origin = crops.crop_origin(
-            table.loc[table.Metadata_ObjectNumber == obj, ["Metadata_Centroid_Z", "Metadata_Centroid_Y", "Metadata_Centroid_X"]].to_numpy()[0],
+            table.loc[
+                table.Metadata_ObjectNumber == obj,
+                ["Metadata_Centroid_Z", "Metadata_Centroid_Y", "Metadata_Centroid_X"],
+            ].to_numpy()[0],
             CROP,
         )
         label_box = crops.extract_box(labels, origin, CROP)
@@ -161,8 +163,9 @@ def test_plate_reference_pools_sampled_sites_and_fills_from_background(tmp_path)
     assert not np.array_equal(sampled, exact)
     # The fill: background voxels only (clear of the cell by 2 voxels), normalised alike.
     assert fill.shape == (500, 5) and fill.dtype == np.float32
-    background = np.concatenate([read_zstack(p, 5)[:, :, 18:].transpose(0, 2, 3, 1).reshape(-1, 5)
-                                 for p, _ in sites])
+    background = np.concatenate(
+        [read_zstack(p, 5)[:, :, 18:].transpose(0, 2, 3, 1).reshape(-1, 5) for p, _ in sites]
+    )
     expected = normalization.normalize_voxels(background, exact)
     assert fill.min() >= expected.min() - 1e-6 and fill.max() <= expected.max() + 1e-6
     np.testing.assert_allclose(fill.mean(0), expected.mean(0), atol=0.05)
@@ -202,7 +205,9 @@ def test_well_store_random_access_matches_direct_crops(tmp_path):
         write_site(tmp_path, "site2", cube_labels([(2, 10, 10), (5, 3, 22)], half=2), seed=2),
     ]
     store_dir = tmp_path / "store"
-    summary = crops.write_well_store(store_dir, sites, METADATA, CHANNELS, CROP, normalization=SITE_SCOPE, filters={"min_volume": 0})
+    summary = crops.write_well_store(
+        store_dir, sites, METADATA, CHANNELS, CROP, normalization=SITE_SCOPE, filters={"min_volume": 0}
+    )
     store = CropStore.open(store_dir)
     assert summary["n_cells"] == len(store) == 5
     assert store.images.shape == (5, 5, *CROP) and store.images.dtype == np.float16
@@ -228,11 +233,17 @@ def test_well_store_random_access_matches_direct_crops(tmp_path):
 def test_plate_scope_uses_the_given_bounds(tmp_path):
     site = write_site(tmp_path, "site1", cube_labels([(4, 12, 14)]))
     bounds = np.array([[0.0, 4000.0]] * 5)
-    crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=PLATE_SCOPE, bounds=bounds)
+    crops.write_well_store(
+        tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=PLATE_SCOPE, bounds=bounds
+    )
     store = CropStore.open(tmp_path / "store")
     assert store.normalization["bounds"] == bounds.tolist()
     image, mask = store[0]
-    np.testing.assert_allclose(image[:, mask > 0], read_zstack(site.image, 5).transpose(1, 0, 2, 3)[:, 3:6, 11:14, 13:16].reshape(5, -1) / 4000, rtol=1e-3)
+    np.testing.assert_allclose(
+        image[:, mask > 0],
+        read_zstack(site.image, 5).transpose(1, 0, 2, 3)[:, 3:6, 11:14, 13:16].reshape(5, -1) / 4000,
+        rtol=1e-3,
+    )
 
 
 def test_filters_apply_to_the_store_but_masks_keep_dropped_neighbours(tmp_path):
@@ -240,7 +251,15 @@ def test_filters_apply_to_the_store_but_masks_keep_dropped_neighbours(tmp_path):
     labels[labels == 2] = 0
     labels[3:6, 11:14, 16:18] = 2  # a smaller neighbour (18 voxels)
     site = write_site(tmp_path, "site1", labels)
-    summary = crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE, filters={"min_volume": 20})
+    summary = crops.write_well_store(
+        tmp_path / "store",
+        [site],
+        METADATA,
+        CHANNELS,
+        CROP,
+        normalization=SITE_SCOPE,
+        filters={"min_volume": 20},
+    )
     store = CropStore.open(tmp_path / "store")
     assert summary["too_small"] == 1 and len(store) == 1
     assert (store.masks[0] == 2).sum() == 18  # the dropped cell is still "another cell"
@@ -249,7 +268,9 @@ def test_filters_apply_to_the_store_but_masks_keep_dropped_neighbours(tmp_path):
 def test_empty_sites_give_a_valid_empty_store(tmp_path):
     empty = np.zeros(IMAGE_SHAPE, np.int32)
     sites = [write_site(tmp_path, "site1", empty), write_site(tmp_path, "site2", empty)]
-    summary = crops.write_well_store(tmp_path / "store", sites, METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
+    summary = crops.write_well_store(
+        tmp_path / "store", sites, METADATA, CHANNELS, CROP, normalization=SITE_SCOPE
+    )
     store = CropStore.open(tmp_path / "store")
     assert summary["n_cells"] == len(store) == 0
     assert store.images.shape == (0, 5, *CROP) and store.masks.shape == (0, *CROP)
@@ -285,11 +306,15 @@ def test_corrupt_tiff_fails_naming_the_file(tmp_path):
     bad = write_site(tmp_path, "site2", cube_labels([(4, 12, 14)]))
     Path(bad.image).write_bytes(b"II*\x00 not a tiff at all")
     with pytest.raises(InputError, match=r"site2\.tif"):
-        crops.write_well_store(tmp_path / "store", [good, bad], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
+        crops.write_well_store(
+            tmp_path / "store", [good, bad], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE
+        )
     assert_no_output(tmp_path)
     Path(bad.labels).write_bytes(b"garbage")
     with pytest.raises(InputError, match=r"site2_labels\.tif"):
-        crops.write_well_store(tmp_path / "store", [good, bad], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
+        crops.write_well_store(
+            tmp_path / "store", [good, bad], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE
+        )
     assert_no_output(tmp_path)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from gradcamo.aggregate import read_profile_tables, sphere_profiles, well_profiles
 from gradcamo.errors import InputError
 from gradcamo.evaluation import (
@@ -43,7 +42,9 @@ def test_map_is_higher_for_a_treatment_with_an_effect(sphered):
 
 def test_treatment_with_one_well_gets_nan(sphered, caplog):
     wells, _ = sphered
-    result = _by_treatment(phenotypic_activity(wells, wells.filter(like="emb_").to_numpy(), CONTROL, null_size=200))
+    result = _by_treatment(
+        phenotypic_activity(wells, wells.filter(like="emb_").to_numpy(), CONTROL, null_size=200)
+    )
     single = result.loc["SINGLE"]
     assert single.n_profiles == 1 and np.isnan(single.mean_average_precision)
     assert pd.isna(single.below_corrected_p)
@@ -61,12 +62,16 @@ def test_no_control_is_refused(sphered):
 
 def test_activity_table_levels_and_gradcamo_subsets(sphered):
     wells, cells = sphered
-    table = activity_table(wells, cells, CONTROL, gradcamo_threshold=0.5,
-                           max_cells_per_treatment=20, null_size=500, seed=0)
+    table = activity_table(
+        wells, cells, CONTROL, gradcamo_threshold=0.5, max_cells_per_treatment=20, null_size=500, seed=0
+    )
     groups = table[["level", "split", "subset"]].drop_duplicates().apply(tuple, axis=1).tolist()
     assert groups == [
-        ("well", "all", "all"), ("well", "test", "all"), ("cell", "test", "all"),
-        ("cell", "test", "gradcamo_above"), ("cell", "test", "gradcamo_below"),
+        ("well", "all", "all"),
+        ("well", "test", "all"),
+        ("cell", "test", "all"),
+        ("cell", "test", "gradcamo_above"),
+        ("cell", "test", "gradcamo_below"),
     ]
     assert (table.groupby(["level", "split", "subset"]).size() == 3).all()  # ACTIVE INERT SINGLE
     assert (table["gradcamo_threshold"] == 0.5).all()
@@ -77,7 +82,10 @@ def test_activity_table_levels_and_gradcamo_subsets(sphered):
     scores = test_active.Metadata_GradCAMO
     assert cell.loc[("gradcamo_above", "ACTIVE"), "n_profiles"] == min(20, int((scores > 0.5).sum()))
     assert cell.loc[("gradcamo_below", "ACTIVE"), "n_profiles"] == min(20, int((scores <= 0.5).sum()))
-    assert cell.loc[("all", "ACTIVE"), "mean_average_precision"] > cell.loc[("all", "INERT"), "mean_average_precision"]
+    assert (
+        cell.loc[("all", "ACTIVE"), "mean_average_precision"]
+        > cell.loc[("all", "INERT"), "mean_average_precision"]
+    )
     # Test wells: one well per treatment and plate -> ACTIVE has 2, SINGLE 1 (NaN).
     test_wells = table[(table.level == "well") & (table.split == "test")].set_index("treatment")
     assert test_wells.loc["ACTIVE", "n_profiles"] == 2

@@ -6,7 +6,6 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-
 from gradcamo import figures
 from gradcamo.aggregate import read_profile_tables, sphere_profiles, well_profiles
 from gradcamo.errors import InputError
@@ -78,8 +77,9 @@ def test_umap_figures(project, tmp_path):
         figures.umap_cells_figure(embedding, test.Metadata_Treatment, test.Metadata_GradCAMO), path
     )
     assert_png(path, (500, 1200))
-    figures.save_figure(figures.umap_cells_figure(None, [], [], note="too few cells (n=1)"),
-                        tmp_path / "none.png")
+    figures.save_figure(
+        figures.umap_cells_figure(None, [], [], note="too few cells (n=1)"), tmp_path / "none.png"
+    )
     assert_png(tmp_path / "none.png")
 
     wells = sphere_profiles(well_profiles(cells), CONTROL, what="wells")
@@ -122,8 +122,10 @@ def test_gradcamo_figures(project, tmp_path):
 def test_cam_gallery_reads_crops_and_cams(project, tmp_path):
     root, cells = project
     low, high = figures.select_extremes(cells.Metadata_GradCAMO.to_numpy(), 4)
-    stores = {(p, w): root / "results" / "crops" / p / w for p, w in
-              cells[["Metadata_Plate", "Metadata_Well"]].drop_duplicates().itertuples(index=False)}
+    stores = {
+        (p, w): root / "results" / "crops" / p / w
+        for p, w in cells[["Metadata_Plate", "Metadata_Well"]].drop_duplicates().itertuples(index=False)
+    }
     cams = {key: root / "results" / "profiles" / key[0] / f"{key[1]}.cams.npy" for key in stores}
     lowest = figures.read_gallery_cells(cells.iloc[low], stores, cams)
     highest = figures.read_gallery_cells(cells.iloc[high], stores, None)
@@ -156,11 +158,17 @@ def test_max_projection_rgb_is_a_colour_image():
 
 
 def test_training_curves(tmp_path):
-    history = pd.DataFrame({
-        "epoch": [1, 2, 3], "train_loss": [1.2, 0.8, 0.5], "val_loss": [1.3, 1.0, 0.9],
-        "train_accuracy": [0.4, 0.6, 0.8], "val_accuracy": [0.35, 0.5, 0.55],
-        "learning_rate": [1e-3] * 3, "seconds": [3.0, 3.1, 2.9],
-    })
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "train_loss": [1.2, 0.8, 0.5],
+            "val_loss": [1.3, 1.0, 0.9],
+            "train_accuracy": [0.4, 0.6, 0.8],
+            "val_accuracy": [0.35, 0.5, 0.55],
+            "learning_rate": [1e-3] * 3,
+            "seconds": [3.0, 3.1, 2.9],
+        }
+    )
     figures.save_figure(figures.training_curves_figure(history), tmp_path / "curves.png")
     assert_png(tmp_path / "curves.png")
     # Missing columns and an empty history give labelled panels, not errors.

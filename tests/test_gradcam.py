@@ -7,9 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.transforms import ScaleIntensity
-from monai.visualize import GradCAM, GradCAMpp
-
 from gradcamo.errors import InputError
 from gradcamo.gradcam import (
     METHODS,
@@ -21,6 +18,8 @@ from gradcamo.gradcam import (
     upsample_cam,
 )
 from gradcamo.model import build_model, embedding_dim
+from monai.transforms import ScaleIntensity
+from monai.visualize import GradCAM, GradCAMpp
 
 CROP = (8, 64, 64)  # _conv_head is 1×2×2 here, _blocks.3 2×4×4, _blocks.1 2×16×16
 N_CLASSES = 3
@@ -122,7 +121,9 @@ def test_target_layers_are_module_names_in_forward_order(model):
     layers = GradCamProfiler(model).target_layers
     modules = dict(model.named_modules())
     assert set(layers) <= set(modules)
-    assert {"_conv_stem", "_blocks.0", "_blocks.1.1", "_blocks.1.2", "_blocks.6.15", "_conv_head"} <= set(layers)
+    assert {"_conv_stem", "_blocks.0", "_blocks.1.1", "_blocks.1.2", "_blocks.6.15", "_conv_head"} <= set(
+        layers
+    )
     order = [name for name in modules if name in layers]
     assert [n for n in layers if n.count(".") != 1] == [n for n in order if n.count(".") != 1]
 
@@ -144,7 +145,9 @@ def test_upsample_cam_shape_and_range():
     up = upsample_cam(cam, (5, 9, 7))
     assert up.shape == (3, 5, 9, 7)
     assert up.min() >= cam.min() and up.max() <= cam.max()
-    torch.testing.assert_close(upsample_cam(torch.full((1, 1, 1, 1), 2.0), (4, 6, 6)), torch.full((1, 4, 6, 6), 2.0))
+    torch.testing.assert_close(
+        upsample_cam(torch.full((1, 1, 1, 1), 2.0), (4, 6, 6)), torch.full((1, 4, 6, 6), 2.0)
+    )
 
 
 def _masks():

@@ -7,7 +7,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from gradcamo.audit import background_statistics, counterfactual_crops
 from gradcamo.errors import InputError
 from gradcamo.gradcam import GradCamProfiler, gradcamo_score, region_share, upsample_cam
@@ -57,7 +56,9 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("b0", len(CHANNELS), len(CLASSES), CROP)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    meta = dict(variant="b0", channels=CHANNELS, classes=CLASSES, crop_shape=list(CROP), normalization=NORMALIZATION)
+    meta = dict(
+        variant="b0", channels=CHANNELS, classes=CLASSES, crop_shape=list(CROP), normalization=NORMALIZATION
+    )
     save_checkpoint(path, model, meta)
     return path
 
@@ -69,12 +70,19 @@ def run_well(store, checkpoint, target="predicted", batch_size=4, cams=None, fil
     model, meta = load_checkpoint(checkpoint)
     check_store_matches(meta, store, checkpoint)
     profiler = GradCamProfiler(model, "_blocks.1")  # 4×8×8 maps at this crop size
-    result = profile_store(profiler, store, target, batch_size, "cpu", cams, fill=fill,
-                           cell_margin=1, seed=0)
+    result = profile_store(profiler, store, target, batch_size, "cpu", cams, fill=fill, cell_margin=1, seed=0)
     table = profile_table(
-        store.cells, "test", result["embedding"], result["probabilities"], result["scores"],
-        meta["classes"], result["attention"], result["uniform"], result.get("audit"),
-        result["background"], store.channels,
+        store.cells,
+        "test",
+        result["embedding"],
+        result["probabilities"],
+        result["scores"],
+        meta["classes"],
+        result["attention"],
+        result["uniform"],
+        result.get("audit"),
+        result["background"],
+        store.channels,
     )
     return model, result, table
 
@@ -87,12 +95,24 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
     assert sum("batch" in r.message for r in caplog.records) == 3  # 4 + 4 + 2 cells
 
     assert len(table) == 10
-    meta_cols = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber",
-                 "Metadata_Split", "Metadata_Predicted", "Metadata_Probability", "Metadata_GradCAMO",
-                 "Metadata_GradCAM_NeighbourShare", "Metadata_GradCAM_BackgroundShare",
-                 "Metadata_GradCAMO_Uniform", "Metadata_CellReliance", "Metadata_ContextReliance",
-                 "Metadata_PredictedFromCell", "Metadata_PredictedFromContext",
-                 *(f"Metadata_BackgroundMean_{c}" for c in CHANNELS)]
+    meta_cols = [
+        "Metadata_Plate",
+        "Metadata_Well",
+        "Metadata_Site",
+        "Metadata_ObjectNumber",
+        "Metadata_Split",
+        "Metadata_Predicted",
+        "Metadata_Probability",
+        "Metadata_GradCAMO",
+        "Metadata_GradCAM_NeighbourShare",
+        "Metadata_GradCAM_BackgroundShare",
+        "Metadata_GradCAMO_Uniform",
+        "Metadata_CellReliance",
+        "Metadata_ContextReliance",
+        "Metadata_PredictedFromCell",
+        "Metadata_PredictedFromContext",
+        *(f"Metadata_BackgroundMean_{c}" for c in CHANNELS),
+    ]
     assert list(table.columns) == meta_cols + feature_columns(1280)
     assert feature_columns(1280)[:2] == ["emb_0000", "emb_0001"]
     assert (table.dtypes[feature_columns(1280)] == np.float32).all()
@@ -118,8 +138,9 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
     np.testing.assert_allclose(shares[scored].sum(1), 1.0, rtol=1e-5)
     assert (shares[scored] >= 0).all()
     neighbours = region_share(cams.astype(np.float32), np.asarray(store.masks), 2)
-    np.testing.assert_allclose(table["Metadata_GradCAM_NeighbourShare"], neighbours, rtol=1e-3,
-                               atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        table["Metadata_GradCAM_NeighbourShare"], neighbours, rtol=1e-3, atol=1e-6, equal_nan=True
+    )
     # The uniform-map baseline is the cell's share of the crop's voxels.
     masks = np.asarray(store.masks)
     np.testing.assert_allclose(table[UNIFORM_COLUMN], (masks == 1).reshape(10, -1).mean(1), rtol=1e-6)
@@ -129,18 +150,19 @@ def test_audit_predicts_again_without_the_cell_and_without_its_context(tmp_path,
     store = write_store(tmp_path / "store", 6)
     model, result, table = run_well(store, checkpoint)
     images, masks = np.asarray(store.images, np.float32), np.asarray(store.masks)
-    without_cell, without_context = counterfactual_crops(
-        images, masks, FILL, 1, audit_seeds(store.cells, 0))
+    without_cell, without_context = counterfactual_crops(images, masks, FILL, 1, audit_seeds(store.cells, 0))
     with torch.no_grad():
         full = torch.softmax(model(torch.from_numpy(images)), 1).numpy()
         no_cell = torch.softmax(model(torch.from_numpy(without_cell)), 1).numpy()
         no_context = torch.softmax(model(torch.from_numpy(without_context)), 1).numpy()
     target = full.argmax(1)
     rows = np.arange(6)
-    np.testing.assert_allclose(table["Metadata_CellReliance"], full[rows, target] - no_cell[rows, target],
-                               rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(table["Metadata_ContextReliance"],
-                               full[rows, target] - no_context[rows, target], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        table["Metadata_CellReliance"], full[rows, target] - no_cell[rows, target], rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        table["Metadata_ContextReliance"], full[rows, target] - no_context[rows, target], rtol=1e-4, atol=1e-5
+    )
     assert list(table["Metadata_PredictedFromCell"]) == [CLASSES[k] for k in no_context.argmax(1)]
     assert list(table["Metadata_PredictedFromContext"]) == [CLASSES[k] for k in no_cell.argmax(1)]
     np.testing.assert_allclose(result["background"], background_statistics(images, masks, 1))
@@ -160,8 +182,13 @@ def test_results_do_not_depend_on_batch_size(tmp_path, checkpoint):
         np.testing.assert_allclose(by_three[key], all_at_once[key], rtol=1e-4, atol=1e-6, equal_nan=True)
     np.testing.assert_allclose(by_three["uniform"], all_at_once["uniform"])
     for region in ATTENTION_COLUMNS:
-        np.testing.assert_allclose(by_three["attention"][region], all_at_once["attention"][region],
-                                   rtol=1e-4, atol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(
+            by_three["attention"][region],
+            all_at_once["attention"][region],
+            rtol=1e-4,
+            atol=1e-6,
+            equal_nan=True,
+        )
 
 
 def test_true_class_target_explains_that_class(tmp_path, checkpoint):
@@ -215,7 +242,12 @@ def test_target_class_index_rejects_bad_values():
 
 def test_well_split_lookup(tmp_path):
     splits = pd.DataFrame(
-        {"plate": ["P1", "P1"], "well": ["B02", "C03"], "treatment": ["DMSO", "drug_low"], "split": ["train", "test"]}
+        {
+            "plate": ["P1", "P1"],
+            "well": ["B02", "C03"],
+            "treatment": ["DMSO", "drug_low"],
+            "split": ["train", "test"],
+        }
     )
     row = well_split(splits, "P1", "C03", source="wells.tsv")
     assert (row["treatment"], row["split"]) == ("drug_low", "test")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from gradcamo.errors import InputError
 from gradcamo.samples import check_sample_sheet, read_sample_sheet, wells_table
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import ndimage as ndi
-
 from gradcamo import segmentation as seg
 from gradcamo.errors import InputError
+from scipy import ndimage as ndi
 
 
 def touching_cells(shape=(8, 64, 64), n_cells=8, radius=(3.0, 8.0, 8.0), seed=0):
@@ -20,7 +19,12 @@ def touching_cells(shape=(8, 64, 64), n_cells=8, radius=(3.0, 8.0, 8.0), seed=0)
     rng = np.random.default_rng(seed)
     centres = []
     while len(centres) < n_cells:
-        c = np.array([rng.uniform(radius[0], shape[0] - radius[0]), *rng.uniform(radius[1], np.array(shape[1:]) - radius[1])])
+        c = np.array(
+            [
+                rng.uniform(radius[0], shape[0] - radius[0]),
+                *rng.uniform(radius[1], np.array(shape[1:]) - radius[1]),
+            ]
+        )
         if all(np.hypot(*(c[1:] - d[1:])) > 1.5 * radius[1] for d in centres):
             centres.append(c)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
@@ -49,7 +53,13 @@ def test_missing_builtin_weights_fail_at_once_saying_what_to_put_where(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "name, filename", [("cyto3", "cyto3"), ("nuclei", "nucleitorch_0"), ("cyto2", "cyto2torch_0"), ("tissuenet_cp3", "tissuenet_cp3")]
+    "name, filename",
+    [
+        ("cyto3", "cyto3"),
+        ("nuclei", "nucleitorch_0"),
+        ("cyto2", "cyto2torch_0"),
+        ("tissuenet_cp3", "tissuenet_cp3"),
+    ],
 )
 def test_builtin_names_map_to_cellpose_file_names(tmp_path, name, filename):
     with pytest.raises(InputError, match=filename):

@@ -6,7 +6,6 @@ import logging
 
 import pandas as pd
 import pytest
-
 from gradcamo.errors import InputError
 from gradcamo.split import SPLITS, split_counts, split_wells
 
@@ -66,9 +65,7 @@ def test_counts_keep_train_and_test_for_every_size(fractions):
 
 
 def test_treatment_with_one_well_is_named():
-    wells = pd.concat(
-        [mini_wells(), pd.DataFrame([{"plate": "P3", "well": "B02", "treatment": "Lonely"}])]
-    )
+    wells = pd.concat([mini_wells(), pd.DataFrame([{"plate": "P3", "well": "B02", "treatment": "Lonely"}])])
     with pytest.raises(InputError, match=r"'Lonely' \(1 well\)"):
         split_wells(wells, MINI_FRACTIONS, seed=0)
 

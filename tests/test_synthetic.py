@@ -9,9 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import ndimage
-from skimage.filters import threshold_otsu
-
 from gradcamo.errors import InputError
 from gradcamo.io import read_labels, read_zstack
 from gradcamo.synthetic import (
@@ -26,6 +23,8 @@ from gradcamo.synthetic import (
     synthesize_site,
     write_dataset,
 )
+from scipy import ndimage
+from skimage.filters import threshold_otsu
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "resources" / "mini"
@@ -124,8 +123,9 @@ def test_images_and_labels_shape_and_content(bundled):
 def test_labels_touch_the_border_and_each_other(bundled):
     touching_border = touching_pairs = 0
     for _, _, labels in bundled:
-        edge = np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(),
-                               labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
+        edge = np.concatenate(
+            [labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
+        )
         touching_border += len(np.unique(edge[edge > 0]))
         for axis in (1, 2):
             a = np.moveaxis(labels, axis, 0)
@@ -166,8 +166,7 @@ def test_compounds_b_and_c_change_mito_and_er_texture(bundled):
     contrast: dict[tuple[str, str], list[float]] = {}
     for row, image, labels in bundled:
         for channel in ("Mito", "ER"):
-            contrast.setdefault((row.treatment, channel), []).extend(
-                texture_contrast(image, labels, channel))
+            contrast.setdefault((row.treatment, channel), []).extend(texture_contrast(image, labels, channel))
     median = {key: np.median(values) for key, values in contrast.items()}
     # Fragmented (punctate) mitochondria are patchier than a tubular network ...
     assert median["CompoundB", "Mito"] > 1.1 * median[CONTROL, "Mito"]

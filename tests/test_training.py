@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from gradcamo.data import Augmentation, BalancedDraws, CropCells, augment, cell_table
 from gradcamo.errors import InputError
 from gradcamo.model import build_model, load_checkpoint, save_checkpoint, set_drop_connect_rate
@@ -85,8 +84,11 @@ def write_wells(root: Path, wells_per_treatment: int = 4, cells_per_well: int = 
             images, masks = blob_cells(rng, cells_per_well, radius=1.5 + 1.5 * k, bright_channel=k)
             writer = CropStoreWriter(path, cells_per_well, CHANNELS, CROP, {"scope": "site"})
             writer.write(images, masks)
-            writer.close(pd.DataFrame({"Metadata_Plate": [plate] * cells_per_well,
-                                       "Metadata_Well": [well] * cells_per_well}))
+            writer.close(
+                pd.DataFrame(
+                    {"Metadata_Plate": [plate] * cells_per_well, "Metadata_Well": [well] * cells_per_well}
+                )
+            )
             rows.append({"plate": plate, "well": well, "treatment": treatment, "store": str(path)})
     return pd.DataFrame(rows)
 
@@ -115,7 +117,11 @@ def trained(wells, tmp_path_factory):
     """One uninterrupted CPU training run (1 thread, as the resumed run in a subprocess)."""
     out = tmp_path_factory.mktemp("train")
     result = train_classifier(
-        wells, TrainSettings.from_config(TRAIN_CONFIG), CHANNELS, CROP, "cpu",
+        wells,
+        TrainSettings.from_config(TRAIN_CONFIG),
+        CHANNELS,
+        CROP,
+        "cpu",
         resume_path=out / "resume" / "last.pt",
     )
     write_training_outputs(result, out / "model.pt", out / "history.tsv", out / "metrics.json")
@@ -152,8 +158,14 @@ def test_group_norm_model_judges_each_cell_alone_and_round_trips(tmp_path):
         alone = torch.cat([model(cells[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
 
-    meta = {"variant": "b0", "norm": "group", "channels": list("ABCDE"), "classes": list("wxyz"),
-            "crop_shape": [8, 16, 16], "normalization": {}}
+    meta = {
+        "variant": "b0",
+        "norm": "group",
+        "channels": list("ABCDE"),
+        "classes": list("wxyz"),
+        "crop_shape": [8, 16, 16],
+        "normalization": {},
+    }
     save_checkpoint(tmp_path / "model.pt", model, meta)
     loaded, loaded_meta = load_checkpoint(tmp_path / "model.pt")
     assert loaded_meta["norm"] == "group"
@@ -219,9 +231,7 @@ def test_dataset_reads_lazily_and_workers_do_not_change_batches(wells):
 
     def batches(num_workers):
         draws = BalancedDraws(data.labels, 32, seed=3, epoch=2)
-        loader = torch.utils.data.DataLoader(
-            data, batch_size=8, sampler=draws, num_workers=num_workers
-        )
+        loader = torch.utils.data.DataLoader(data, batch_size=8, sampler=draws, num_workers=num_workers)
         return [(x.numpy(), y.numpy()) for x, y in loader]
 
     serial, parallel = batches(0), batches(2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import _DELETE, run_snakemake, write_project
 
 
@@ -62,18 +61,37 @@ def _unknown_column(rows):
         (_bad_site, {}, ["samples.tsv line 5", "'site'", "'two'"]),
         (_bad_well, {}, ["samples.tsv line 3", "'well'", "well 2"]),
         (_unknown_column, {}, ["samples.tsv", "unknown column", "'treatmnt'", "did you mean 'treatment'"]),
-        (None, {"segmentation.nucleus_channel": "Hoechst"}, ["segmentation.nucleus_channel", "Hoechst", "not in 'channels'"]),
+        (
+            None,
+            {"segmentation.nucleus_channel": "Hoechst"},
+            ["segmentation.nucleus_channel", "Hoechst", "not in 'channels'"],
+        ),
         (None, {"aggregate.control": "PBS"}, ["aggregate.control", "PBS", "no well has that treatment"]),
         (None, {"train.epocs": 3}, ["'train.epocs' is not known", "did you mean 'train.epochs'"]),
         (None, {"cropz": {"shape": [8, 16, 16]}}, ["'cropz' is not known", "did you mean 'crops'"]),
         (None, {"crops.shape": [8, 16]}, ["config key 'crops.shape'", "too short"]),
         (None, {"split.fractions": {"train": 0.5, "val": 0.5, "test": 0.5}}, ["split.fractions", "sum to 1"]),
-        (None, {"segmentation.train.sites": ["P9/B02/1"]}, ["segmentation.train.sites", "P9/B02/1", "not in the sample sheet"]),
+        (
+            None,
+            {"segmentation.train.sites": ["P9/B02/1"]},
+            ["segmentation.train.sites", "P9/B02/1", "not in the sample sheet"],
+        ),
     ],
     ids=[
-        "duplicate-row", "missing-image", "treatment-mismatch", "one-treatment", "site-not-integer",
-        "bad-well-name", "unknown-column", "segmentation-channel", "unknown-control", "misspelt-key",
-        "misspelt-section", "crop-shape-type", "fractions-sum", "unknown-training-site",
+        "duplicate-row",
+        "missing-image",
+        "treatment-mismatch",
+        "one-treatment",
+        "site-not-integer",
+        "bad-well-name",
+        "unknown-column",
+        "segmentation-channel",
+        "unknown-control",
+        "misspelt-key",
+        "misspelt-section",
+        "crop-shape-type",
+        "fractions-sum",
+        "unknown-training-site",
     ],
 )
 def test_bad_input_fails_at_parse_time(tmp_path, tiny_sheet, tiny_config, mutate, edits, expected):

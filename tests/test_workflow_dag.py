@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, SNAKEMAKE, mini_sheet_rows, run_snakemake, write_project
 
 N_WELLS = 16  # 2 plates × 8 wells
@@ -65,6 +64,22 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in out, out[-4000:]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["snakefmt", "--check", "Snakefile", "workflow/rules"],
+        ["ruff", "check", "workflow", "bench", "tests"],
+        ["ruff", "format", "--check", "workflow", "bench", "tests"],
+    ],
+    ids=["snakefmt", "ruff-check", "ruff-format"],
+)
+def test_code_is_formatted_and_lint_clean(command):
+    """What `make lint` runs beside snakemake --lint (pinned in requirements.txt)."""
+    tool = str(Path(SNAKEMAKE).parent / command[0])
+    proc = subprocess.run([tool, *command[1:]], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
 def test_slurm_profile_dry_run(mini_project):
     """`snakemake --profile profiles/slurm -n` builds the DAG with the SLURM executor.
 
@@ -88,9 +103,15 @@ def test_slurm_profile_dry_run(mini_project):
 def test_context_cell_and_other_maps_form_the_same_dag(tmp_path):
     """crops.context: cell and another attribution method change what jobs compute, not
     which jobs run."""
-    project = write_project(tmp_path, mini_sheet_rows(), {
-        "crops.context": "cell", "profile.cam_method": "layercam", "profile.target_resolution": 8,
-    })
+    project = write_project(
+        tmp_path,
+        mini_sheet_rows(),
+        {
+            "crops.context": "cell",
+            "profile.cam_method": "layercam",
+            "profile.target_resolution": 8,
+        },
+    )
     counts = _job_counts(run_snakemake(project, "-n").stdout)
     for rule, n in EXPECTED_JOBS.items():
         assert counts.get(rule) == n, (rule, counts)

@@ -12,7 +12,6 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import mini_sheet_rows, run_snakemake, write_project
 from gradcamo.store import CropStore
 
@@ -102,13 +101,15 @@ def test_every_cell_has_a_profile_and_gradcamo(project, wells):
         assert np.isfinite(table[features].to_numpy()).all()
         score = table.Metadata_GradCAMO
         assert ((score >= 0) & (score <= 1) | score.isna()).all()
-        shares = table[["Metadata_GradCAMO", "Metadata_GradCAM_NeighbourShare",
-                        "Metadata_GradCAM_BackgroundShare"]].dropna()
+        shares = table[
+            ["Metadata_GradCAMO", "Metadata_GradCAM_NeighbourShare", "Metadata_GradCAM_BackgroundShare"]
+        ].dropna()
         assert len(shares) >= len(table) - 1
         np.testing.assert_allclose(shares.sum(axis=1), 1.0, rtol=1e-4)
         masks = np.asarray(store.masks)
-        np.testing.assert_allclose(table.Metadata_GradCAMO_Uniform,
-                                   (masks == 1).reshape(len(masks), -1).mean(1), rtol=1e-6)
+        np.testing.assert_allclose(
+            table.Metadata_GradCAMO_Uniform, (masks == 1).reshape(len(masks), -1).mean(1), rtol=1e-6
+        )
         assert ((table.Metadata_Probability > 0) & (table.Metadata_Probability <= 1)).all()
         cams = np.load(project / f"results/profiles/{plate}/{well}.cams.npy", mmap_mode="r")
         assert cams.shape == (len(store), 12, 32, 32)
@@ -152,9 +153,11 @@ def test_every_cell_is_audited(project):
         group = cells[cells.Metadata_Split == split]
         assert entry["n_cells"] == len(group)
         assert entry["cell_only"] == pytest.approx(
-            (group.Metadata_PredictedFromCell == group.Metadata_Treatment).mean())
+            (group.Metadata_PredictedFromCell == group.Metadata_Treatment).mean()
+        )
         assert entry["context_only"] == pytest.approx(
-            (group.Metadata_PredictedFromContext == group.Metadata_Treatment).mean())
+            (group.Metadata_PredictedFromContext == group.Metadata_Treatment).mean()
+        )
         assert -1 <= entry["spearman_gradcamo_cell_reliance"] <= 1
     assert set(audit["by_treatment"]) == classes
 
@@ -169,8 +172,16 @@ def test_crops_do_not_leak_the_treatment_outside_cells(project):
 
 @pytest.mark.parametrize(
     "name",
-    ["umap_cells", "umap_wells", "map", "gradcamo_histogram", "gradcamo_by_treatment",
-     "gradcam_gallery", "training_curves", "audit"],
+    [
+        "umap_cells",
+        "umap_wells",
+        "map",
+        "gradcamo_histogram",
+        "gradcamo_by_treatment",
+        "gradcam_gallery",
+        "training_curves",
+        "audit",
+    ],
 )
 def test_figures_are_images(project, name):
     image = matplotlib.image.imread(project / f"results/figures/{name}.png")

@@ -29,9 +29,7 @@ AGGREGATE_PARAMS = dict(
     sphering_epsilon=config["aggregate"]["sphering_epsilon"],
     sphering_method=config["aggregate"]["sphering_method"],
     cam_method=config["profile"]["cam_method"],
-    attribution={
-        k: config["profile"][k] for k in ("cam_method", "target_layer", "target_resolution")
-    },
+    attribution={k: config["profile"][k] for k in ("cam_method", "target_layer", "target_resolution")},
 )
 
 
@@ -65,17 +63,17 @@ rule aggregate:
         ),
     log:
         "logs/aggregate.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, input: max(4000, int(8 * input.size_mb)),
+        runtime=120,
     params:
         **AGGREGATE_PARAMS,
         map_max_cells_per_treatment=config["aggregate"]["map"]["max_cells_per_treatment"],
         map_null_size=config["aggregate"]["map"]["null_size"],
         map_seed=config["aggregate"]["map"]["seed"],
-    threads: 2
-    resources:
-        mem_mb=lambda wildcards, input: max(4000, int(8 * input.size_mb)),
-        runtime=120,
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../scripts/aggregate.py"
 
@@ -83,6 +81,11 @@ rule aggregate:
 rule figures:
     """UMAPs, Grad-CAMO distributions, the Grad-CAM gallery, training curves and mAP."""
     input:
+        **(
+            {"cams": expand_wells("results/profiles/{plate}/{well}.cams.npy")}
+            if config["profile"]["save_cams"]
+            else {}
+        ),
         cells=AGGREGATE_TABLES["cells"],
         wells_sphered=AGGREGATE_TABLES["wells_sphered"],
         map=AGGREGATE_TABLES["map"],
@@ -91,11 +94,6 @@ rule figures:
         crop_stores=expand_wells("results/crops/{plate}/{well}/store.json"),
         crop_images=expand_wells("results/crops/{plate}/{well}/images.npy"),
         crop_masks=expand_wells("results/crops/{plate}/{well}/masks.npy"),
-        **(
-            {"cams": expand_wells("results/profiles/{plate}/{well}.cams.npy")}
-            if config["profile"]["save_cams"]
-            else {}
-        ),
     output:
         umap_cells=report(
             FIGURES["umap_cells"],
@@ -139,13 +137,8 @@ rule figures:
         ),
     log:
         "logs/figures.log",
-    params:
-        **AGGREGATE_PARAMS,
-        umap=config["aggregate"]["umap"],
-        umap_max_cells=config["aggregate"]["umap"]["max_cells"],
-        umap_pca_components=config["aggregate"]["umap"]["pca_components"],
-        gallery_cells=config["aggregate"]["gallery_cells"],
-        channels=CHANNELS,
+    conda:
+        "../../envs/analysis.yaml"
     threads: 2
     resources:
         # Crops and Grad-CAMs are memory-mapped (a few cells read): only the single-cell
@@ -155,8 +148,12 @@ rule figures:
             int(6e-6 * os.path.getsize(input.cells)) if os.path.exists(input.cells) else 0,
         ),
         runtime=120,
-    conda:
-        "../../envs/analysis.yaml"
+    params:
+        **AGGREGATE_PARAMS,
+        umap=config["aggregate"]["umap"],
+        umap_max_cells=config["aggregate"]["umap"]["max_cells"],
+        umap_pca_components=config["aggregate"]["umap"]["pca_components"],
+        gallery_cells=config["aggregate"]["gallery_cells"],
+        channels=CHANNELS,
     script:
         "../scripts/figures.py"
-

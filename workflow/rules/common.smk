@@ -17,9 +17,7 @@ AGGREGATE_SUMMARY = "results/aggregate/summary.json"
 LIB_DIR = str(Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "lib")
 sys.path.insert(0, LIB_DIR)
 # (update() sets the variable for the jobs; the workflow requires none from the user.)
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(p for p in (LIB_DIR, os.getenv("PYTHONPATH")) if p)
-)
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (LIB_DIR, os.getenv("PYTHONPATH")) if p))
 # numba (Cellpose, UMAP) and matplotlib need writable caches; Cellpose looks up model
 # weights offline in CELLPOSE_LOCAL_MODELS_PATH. Users may preset any of them.
 for var, default in (
@@ -62,7 +60,9 @@ def _schema_error(exc, what, is_config=False):
 
 
 # Nested --config values arrive as strings ("2" for 2): read them as the schema's types.
-with open(Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "schemas" / "config.schema.yaml") as _f:
+with open(
+    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "schemas" / "config.schema.yaml"
+) as _f:
     _CONFIG_SCHEMA = yaml.safe_load(_f)
 config.update(coerce_to_schema(dict(config), _CONFIG_SCHEMA))
 
@@ -116,9 +116,11 @@ def well_sites(wildcards):
 def reference_sites(plate):
     """The sheet's rows of the sites a plate is normalised by (crops.normalization.reference:
     its control wells, or all wells), in well and site order."""
-    return SAMPLES[SAMPLES.well.isin(reference_wells(WELLS, plate, config))].query(
-        "plate == @plate"
-    ).sort_values(["well", "site"])
+    return (
+        SAMPLES[SAMPLES.well.isin(reference_wells(WELLS, plate, config))]
+        .query("plate == @plate")
+        .sort_values(["well", "site"])
+    )
 
 
 def site_labels(plate, well, site):
@@ -129,9 +131,7 @@ def site_labels(plate, well, site):
 def reference_site_files(plate):
     """``(z-stack, label image)`` of every reference site of a plate."""
     rows = reference_sites(plate)
-    return [
-        (r.image, site_labels(r.plate, r.well, r.site)) for r in rows.itertuples(index=False)
-    ]
+    return [(r.image, site_labels(r.plate, r.well, r.site)) for r in rows.itertuples(index=False)]
 
 
 def reference_segments(plate):

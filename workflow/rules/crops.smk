@@ -12,6 +12,12 @@ rule crop_normalization:
         fill="results/crops/{plate}/fill.npy",
     log:
         "logs/crop_normalization/{plate}.log",
+    conda:
+        "../../envs/segmentation.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         # (image, labels) of every reference site; labels inside the segment folders above.
         sites=lambda wc: reference_site_files(wc.plate),
@@ -19,12 +25,6 @@ rule crop_normalization:
         page_order=config["images"]["page_order"],
         normalization=config["crops"]["normalization"],
         fill=config["crops"]["fill"],
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../../envs/segmentation.yaml"
     script:
         "../scripts/crop_normalization.py"
 
@@ -44,6 +44,12 @@ rule crops:
         store_json="results/crops/{plate}/{well}/store.json",
     log:
         "logs/crops/{plate}/{well}.log",
+    conda:
+        "../../envs/segmentation.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         sites=lambda wc: [
             {**row, "labels": site_labels(row["plate"], row["well"], row["site"])}
@@ -54,11 +60,5 @@ rule crops:
         channels=CHANNELS,
         page_order=config["images"]["page_order"],
         settings=config["crops"],
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../../envs/segmentation.yaml"
     script:
         "../scripts/crops.py"

@@ -10,14 +10,17 @@ rule profile:
         # The plate's neutral fill, for the counterfactual audit.
         fill="results/crops/{plate}/fill.npy",
     output:
+        **({"cams": "results/profiles/{plate}/{well}.cams.npy"} if config["profile"]["save_cams"] else {}),
         table="results/profiles/{plate}/{well}.parquet",
-        **(
-            {"cams": "results/profiles/{plate}/{well}.cams.npy"}
-            if config["profile"]["save_cams"]
-            else {}
-        ),
     log:
         "logs/profile/{plate}/{well}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["profile"]["threads"]
+    resources:
+        gpu=config["profile"]["gpu"],
+        mem_mb=config["profile"]["mem_mb"],
+        runtime=config["profile"]["runtime"],
     params:
         cam_method=config["profile"]["cam_method"],
         target_layer=config["profile"]["target_layer"],
@@ -28,12 +31,5 @@ rule profile:
         cell_margin=config["crops"]["cell_margin"],
         fill_seed=config["crops"]["fill"]["seed"],
         channels=CHANNELS,
-    threads: config["profile"]["threads"]
-    resources:
-        gpu=config["profile"]["gpu"],
-        mem_mb=config["profile"]["mem_mb"],
-        runtime=config["profile"]["runtime"],
-    conda:
-        "../../envs/torch.yaml"
     script:
         "../scripts/profile.py"

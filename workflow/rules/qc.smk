@@ -9,18 +9,18 @@ rule qc_well:
         "results/qc/{plate}/{well}.parquet",
     log:
         "logs/qc_well/{plate}/{well}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
     params:
         sites=lambda wc: list(well_sites(wc)["site"]),
         labels=lambda wc: well_labels(wc),
         channels=CHANNELS,
         page_order=config["images"]["page_order"],
         saturation_value=config["qc"]["saturation_value"],
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=20,
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../scripts/qc_well.py"
 
@@ -28,9 +28,7 @@ rule qc_well:
 rule qc_plate:
     """Plate-layout heatmaps of the QC statistics, one figure per plate."""
     input:
-        lambda wc: [
-            f"results/qc/{wc.plate}/{w}.parquet" for w in WELLS[WELLS.plate == wc.plate].well
-        ],
+        lambda wc: [f"results/qc/{wc.plate}/{w}.parquet" for w in WELLS[WELLS.plate == wc.plate].well],
     output:
         report(
             "results/qc/{plate}.layout.png",
@@ -39,11 +37,11 @@ rule qc_plate:
         ),
     log:
         "logs/qc_plate/{plate}.log",
+    conda:
+        "../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../scripts/qc_plate.py"

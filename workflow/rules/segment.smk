@@ -53,6 +53,13 @@ rule train_segmentation:
         SEGMENTATION_MODEL,
     log:
         "logs/train_segmentation.log",
+    conda:
+        "../../envs/segmentation.yaml"
+    threads: config["segmentation"]["threads"]
+    resources:
+        gpu=config["segmentation"]["gpu"],
+        mem_mb=config["segmentation"]["mem_mb"],
+        runtime=config["segmentation"]["train"]["runtime"],
     params:
         sites=list(SEGMENTATION_TRAINING_SITES["name"]),
         channels=CHANNELS,
@@ -60,13 +67,6 @@ rule train_segmentation:
         cytoplasm_channel=config["segmentation"]["cytoplasm_channel"],
         nucleus_channel=config["segmentation"]["nucleus_channel"],
         settings=SEGMENTATION_TRAIN_SETTINGS,
-    threads: config["segmentation"]["threads"]
-    resources:
-        gpu=config["segmentation"]["gpu"],
-        mem_mb=config["segmentation"]["mem_mb"],
-        runtime=config["segmentation"]["train"]["runtime"],
-    conda:
-        "../../envs/segmentation.yaml"
     script:
         "../scripts/train_segmentation.py"
 
@@ -80,19 +80,19 @@ rule segment:
         directory("results/segment/{plate}/{well}"),
     log:
         "logs/segment/{plate}/{well}.log",
+    conda:
+        "../../envs/segmentation.yaml"
+    threads: config["segmentation"]["threads"]
+    resources:
+        gpu=config["segmentation"]["gpu"],
+        mem_mb=config["segmentation"]["mem_mb"],
+        runtime=config["segmentation"]["runtime"],
     params:
         sites=lambda wc: list(well_sites(wc)["site"]),
         channels=CHANNELS,
         page_order=config["images"]["page_order"],
         voxel_size=config["voxel_size"],
         settings=SEGMENTATION_SETTINGS,
-    threads: config["segmentation"]["threads"]
-    resources:
-        gpu=config["segmentation"]["gpu"],
-        mem_mb=config["segmentation"]["mem_mb"],
-        runtime=config["segmentation"]["runtime"],
-    conda:
-        "../../envs/segmentation.yaml"
     script:
         "../scripts/segment.py"
 
@@ -109,6 +109,12 @@ rule score_segmentation:
         summary="results/segmentation/scores.json",
     log:
         "logs/score_segmentation.log",
+    conda:
+        "../../envs/segmentation.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
     params:
         sites=[
             {
@@ -120,20 +126,12 @@ rule score_segmentation:
             for r in SEGMENTATION_SCORED_SITES.itertuples()
         ],
         training_sites=(
-            config["segmentation"]["train"]["sites"]
-            if config["segmentation"]["model"] == "trained"
-            else []
+            config["segmentation"]["train"]["sites"] if config["segmentation"]["model"] == "trained" else []
         ),
         settings=(
             {**SEGMENTATION_SETTINGS, "train": SEGMENTATION_TRAIN_SETTINGS}
             if config["segmentation"]["model"] == "trained"
             else SEGMENTATION_SETTINGS
         ),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=20,
-    conda:
-        "../../envs/segmentation.yaml"
     script:
         "../scripts/score_segmentation.py"

@@ -6,16 +6,16 @@ rule split:
         "results/split/wells.tsv",
     log:
         "logs/split.log",
-    params:
-        wells=WELLS[["plate", "well", "treatment"]].to_dict("records"),
-        fractions=config["split"]["fractions"],
-        seed=config["split"]["seed"],
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        wells=WELLS[["plate", "well", "treatment"]].to_dict("records"),
+        fractions=config["split"]["fractions"],
+        seed=config["split"]["seed"],
     script:
         "../scripts/split.py"
 
@@ -34,17 +34,17 @@ rule train:
         metrics="results/train/metrics.json",
     log:
         "logs/train.log",
-    params:
-        channels=CHANNELS,
-        crop_shape=config["crops"]["shape"],
-        settings=config["train"],
-        resume="results/train/resume/last.pt",
+    conda:
+        "../../envs/torch.yaml"
     threads: config["train"]["threads"]
     resources:
         gpu=config["train"]["gpu"],
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        channels=CHANNELS,
+        crop_shape=config["crops"]["shape"],
+        settings=config["train"],
+        resume="results/train/resume/last.pt",
     script:
         "../scripts/train.py"

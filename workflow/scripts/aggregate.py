@@ -22,8 +22,9 @@ from gradcamo.io import atomic_path  # noqa: E402
 
 params = snakemake.params
 cells, empty_wells = read_profile_tables(snakemake.input.profiles)
-log.info("%d cells from %d wells (%d without cells)", len(cells),
-         len(snakemake.input.profiles), len(empty_wells))
+log.info(
+    "%d cells from %d wells (%d without cells)", len(cells), len(snakemake.input.profiles), len(empty_wells)
+)
 wells = well_profiles(cells, params.gradcamo_threshold)
 wells_sphered = sphere_profiles(
     wells, params.control, params.sphering_epsilon, params.sphering_method, "wells"
@@ -46,12 +47,24 @@ try:
     metrics = json.loads(open(snakemake.input.metrics).read())
 except json.JSONDecodeError as exc:
     raise InputError(f"{snakemake.input.metrics}: not valid JSON ({exc})") from None
-info = summary(cells, wells, empty_wells, metrics, activity, params.control,
-               params.gradcamo_threshold, attribution=params.attribution)
+info = summary(
+    cells,
+    wells,
+    empty_wells,
+    metrics,
+    activity,
+    params.control,
+    params.gradcamo_threshold,
+    attribution=params.attribution,
+)
 
 out = snakemake.output
-for table, path in ((cells, out.cells), (wells, out.wells), (wells_sphered, out.wells_sphered),
-                    (activity, out.map)):
+for table, path in (
+    (cells, out.cells),
+    (wells, out.wells),
+    (wells_sphered, out.wells_sphered),
+    (activity, out.map),
+):
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
 with atomic_path(out.summary) as tmp:

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from gradcamo.io import atomic_path
 from gradcamo.logs import log_to
 from gradcamo.normalization import plate_reference
@@ -15,12 +14,22 @@ channels = list(sm.params.channels)
 norm, fill_settings = sm.params.normalization, sm.params.fill
 sites = [tuple(pair) for pair in sm.params.sites]
 log.info(
-    "plate %s: reference (%s) = %d sites: %s", sm.wildcards.plate, norm["reference"],
-    len(sites), ", ".join(Path(image).name for image, _ in sites),
+    "plate %s: reference (%s) = %d sites: %s",
+    sm.wildcards.plate,
+    norm["reference"],
+    len(sites),
+    ", ".join(Path(image).name for image, _ in sites),
 )
 bounds, fill = plate_reference(
-    sites, len(channels), norm["lower_percentile"], norm["upper_percentile"], norm["scope"],
-    norm["sample_voxels"], fill_settings["voxels"], fill_settings["seed"], sm.params.page_order,
+    sites,
+    len(channels),
+    norm["lower_percentile"],
+    norm["upper_percentile"],
+    norm["scope"],
+    norm["sample_voxels"],
+    fill_settings["voxels"],
+    fill_settings["seed"],
+    sm.params.page_order,
 )
 result = {
     "plate": sm.wildcards.plate,
@@ -37,5 +46,8 @@ with atomic_path(sm.output.fill) as tmp:
 if bounds is not None:
     for name, (low, high) in zip(channels, bounds):
         log.info("%s: %.1f .. %.1f", name, low, high)
-log.info("fill: %d background voxels; mean per channel %s", len(fill),
-         np.round(fill.mean(0), 3).tolist() if len(fill) else [])
+log.info(
+    "fill: %d background voxels; mean per channel %s",
+    len(fill),
+    np.round(fill.mean(0), 3).tolist() if len(fill) else [],
+)

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from gradcamo.crops import SiteFiles, write_well_store
 from gradcamo.logs import log_to
 
@@ -34,5 +33,10 @@ summary = write_well_store(
     seed=settings["fill"]["seed"],
     page_order=sm.params.page_order,
 )
-log.info("wrote %d cells (%s), context %s (crops.shape %s)", summary["n_cells"], summary,
-         settings["context"], settings["shape"])
+log.info(
+    "wrote %d cells (%s), context %s (crops.shape %s)",
+    summary["n_cells"],
+    summary,
+    settings["context"],
+    settings["shape"],
+)

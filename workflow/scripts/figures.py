@@ -10,7 +10,6 @@ log = log_to(snakemake.log[0])
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
 from gradcamo import figures  # noqa: E402
 from gradcamo.aggregate import (  # noqa: E402
     apply_sphering,
@@ -50,8 +49,14 @@ embedding, note = layout(test, "test-set cells")
 if embedding is not None and len(keep) < (cells["Metadata_Split"] == "test").sum():
     note = f"random subsample of {len(keep)} test-set cells (aggregate.umap.max_cells)"
 figures.save_figure(
-    figures.umap_cells_figure(embedding, test["Metadata_Treatment"], test["Metadata_GradCAMO"],
-                              threshold, title="Test-set cells (sphered profiles)", note=note),
+    figures.umap_cells_figure(
+        embedding,
+        test["Metadata_Treatment"],
+        test["Metadata_GradCAMO"],
+        threshold,
+        title="Test-set cells (sphered profiles)",
+        note=note,
+    ),
     out.umap_cells,
 )
 
@@ -77,11 +82,13 @@ pool = cells[cells["Metadata_Split"] == "test"]
 if not np.isfinite(pool["Metadata_GradCAMO"]).any():
     pool = cells
 lowest, highest = figures.select_extremes(pool["Metadata_GradCAMO"].to_numpy(), params.gallery_cells)
-crop_stores = {(Path(p).parent.parent.name, Path(p).parent.name): Path(p).parent
-               for p in snakemake.input.crop_stores}
+crop_stores = {
+    (Path(p).parent.parent.name, Path(p).parent.name): Path(p).parent for p in snakemake.input.crop_stores
+}
 cam_files = (
     {(Path(p).parent.name, Path(p).name.removesuffix(".cams.npy")): p for p in snakemake.input.cams}
-    if "cams" in snakemake.input.keys() else None
+    if "cams" in snakemake.input.keys()
+    else None
 )
 figures.save_figure(
     figures.cam_gallery_figure(
@@ -103,9 +110,7 @@ figures.save_figure(
         test["Metadata_GradCAMO"].to_numpy(),
         test["Metadata_CellReliance"].to_numpy(),
         chance=1.0 / max(1, cells["Metadata_Treatment"].nunique()),
-        spearman=((audit or {}).get("by_split", {}).get("test") or {}).get(
-            "spearman_gradcamo_cell_reliance"
-        ),
+        spearman=((audit or {}).get("by_split", {}).get("test") or {}).get("spearman_gradcamo_cell_reliance"),
     ),
     out.audit,
 )

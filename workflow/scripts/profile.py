@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
 from gradcamo.errors import InputError
 from gradcamo.gradcam import GradCamProfiler, layer_for_resolution, map_shapes
 from gradcamo.io import atomic_path
@@ -48,8 +47,12 @@ if sm.params.target_resolution is not None:
 profiler = GradCamProfiler(model, layer, sm.params.cam_method)
 log.info(
     "%d cells, crop shape %s, %s at %s (map %s) for the %s class",
-    len(store), store.crop_shape, sm.params.cam_method, profiler.target_layer,
-    "full resolution" if profiler.target_layer == "input"
+    len(store),
+    store.crop_shape,
+    sm.params.cam_method,
+    profiler.target_layer,
+    "full resolution"
+    if profiler.target_layer == "input"
     else "x".join(map(str, map_shapes(model, store.crop_shape)[layer])),
     sm.params.target_class,
 )
@@ -57,18 +60,35 @@ log.info(
 
 fill = np.load(sm.input.fill) if sm.params.audit else None
 if fill is not None and len(fill) == 0:
-    raise InputError(f"{sm.input.fill}: the plate's neutral fill is empty (no background in its reference sites)")
+    raise InputError(
+        f"{sm.input.fill}: the plate's neutral fill is empty (no background in its reference sites)"
+    )
 
 
 def run(cams_out=None):
     result = profile_store(
-        profiler, store, target, sm.params.batch_size, device, cams_out,
-        fill=fill, cell_margin=sm.params.cell_margin, seed=sm.params.fill_seed,
+        profiler,
+        store,
+        target,
+        sm.params.batch_size,
+        device,
+        cams_out,
+        fill=fill,
+        cell_margin=sm.params.cell_margin,
+        seed=sm.params.fill_seed,
     )
     table = profile_table(
-        store.cells, row["split"], result["embedding"], result["probabilities"],
-        result["scores"], meta["classes"], result["attention"], result["uniform"],
-        result.get("audit"), result["background"], sm.params.channels,
+        store.cells,
+        row["split"],
+        result["embedding"],
+        result["probabilities"],
+        result["scores"],
+        meta["classes"],
+        result["attention"],
+        result["uniform"],
+        result.get("audit"),
+        result["background"],
+        sm.params.channels,
     )
     write_profile_table(table, sm.output.table)
     return table
@@ -90,12 +110,14 @@ else:
 if fill is not None and len(table):
     log.info(
         "audit: mean reliance on the cell %.3f, on its context %.3f",
-        table["Metadata_CellReliance"].mean(), table["Metadata_ContextReliance"].mean(),
+        table["Metadata_CellReliance"].mean(),
+        table["Metadata_ContextReliance"].mean(),
     )
 log.info(
     "wrote %d cells; Grad-CAMO > 0.5 for %.1f %% (NaN for %d); mean attention share: "
     "cell %.3f (a uniform map: %.3f), neighbours %.3f, background %.3f",
-    len(table), 100 * float((table["Metadata_GradCAMO"] > 0.5).mean()) if len(table) else 0.0,
+    len(table),
+    100 * float((table["Metadata_GradCAMO"] > 0.5).mean()) if len(table) else 0.0,
     int(table["Metadata_GradCAMO"].isna().sum()),
     *(table[c].mean() for c in ("Metadata_GradCAMO", UNIFORM_COLUMN, *ATTENTION_COLUMNS.values())),
 )

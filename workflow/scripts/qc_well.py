@@ -1,7 +1,6 @@
 """Image QC of one well: one row per (site, channel) into a Parquet table."""
 
 import pandas as pd
-
 from gradcamo.io import atomic_path, read_labels, read_zstack
 from gradcamo.logs import log_to
 from gradcamo.qc import site_qc

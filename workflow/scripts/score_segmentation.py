@@ -3,7 +3,6 @@
 import json
 
 import pandas as pd
-
 from gradcamo.io import atomic_path, read_labels
 from gradcamo.logs import log_to
 from gradcamo.segmentation import score_site, summarize_scores

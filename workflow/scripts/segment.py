@@ -3,7 +3,6 @@
 import time
 
 import torch
-
 from gradcamo.io import atomic_path, read_zstack, write_labels
 from gradcamo.logs import log_to
 from gradcamo.segmentation import load_model, resolve_model, segment_zstack, select_device
@@ -21,7 +20,10 @@ channel_indices = (
 # Fail at once (before reading any image) when the weights are not available offline.
 source = resolve_model(sm.input.model if settings["model"] == "trained" else settings["model"])
 device = select_device()
-log.info("segmenting on %s", f"GPU {torch.cuda.get_device_name(0)}" if device.type == "cuda" else f"CPU ({sm.threads} threads)")
+log.info(
+    "segmenting on %s",
+    f"GPU {torch.cuda.get_device_name(0)}" if device.type == "cuda" else f"CPU ({sm.threads} threads)",
+)
 model = load_model(source, device)
 voxel_z, voxel_y, _ = sm.params.voxel_size
 
@@ -43,4 +45,6 @@ with atomic_path(sm.output[0]) as tmp:
             anisotropy=voxel_z / voxel_y,
         )
         write_labels(tmp / f"site{site}.tif", labels)
-        log.info("site %s: %d cells, ZCYX %s, %.1f s", site, labels.max(), zstack.shape, time.perf_counter() - tic)
+        log.info(
+            "site %s: %d cells, ZCYX %s, %.1f s", site, labels.max(), zstack.shape, time.perf_counter() - tic
+        )

@@ -1,7 +1,6 @@
 """Assign wells to train / val / test (results/split/wells.tsv)."""
 
 import pandas as pd
-
 from gradcamo.io import atomic_path
 from gradcamo.logs import log_to
 from gradcamo.split import split_wells

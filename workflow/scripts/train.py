@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
 from gradcamo.errors import InputError
 from gradcamo.logs import log_to
 from gradcamo.training import TrainSettings, choose_device, train_classifier, write_training_outputs
@@ -14,9 +13,7 @@ sm = snakemake  # noqa: F821
 torch.set_num_threads(sm.threads)
 
 # The crop store of a well is the folder results/crops/{plate}/{well}/ of its images.npy.
-stores = {
-    (Path(p).parent.parent.name, Path(p).parent.name): str(Path(p).parent) for p in sm.input.images
-}
+stores = {(Path(p).parent.parent.name, Path(p).parent.name): str(Path(p).parent) for p in sm.input.images}
 wells = pd.read_csv(sm.input.split, sep="\t", dtype=str)
 missing = [f"{p}/{w}" for p, w in zip(wells.plate, wells.well) if (p, w) not in stores]
 if missing:
@@ -34,5 +31,9 @@ Path(sm.params.resume).unlink(missing_ok=True)
 for split, m in result.metrics.items():
     log.info(
         "%s: %d cells, accuracy %s, balanced accuracy %s (chance %.3f)",
-        split, m["n_cells"], m["accuracy"], m["balanced_accuracy"], m["chance_level"],
+        split,
+        m["n_cells"],
+        m["accuracy"],
+        m["balanced_accuracy"],
+        m["chance_level"],
     )

@@ -1,7 +1,6 @@
 """Train a Cellpose 3 model on 2D z-planes of the annotated sites (results/segmentation/model/)."""
 
 import torch
-
 from gradcamo.io import atomic_path, read_labels, read_zstack
 from gradcamo.logs import log_to
 from gradcamo.segmentation import resolve_model, select_device, train_model, training_planes
@@ -19,7 +18,10 @@ channel_indices = (
 # Fail at once (before reading images) when a built-in starting model is not available offline.
 pretrained = resolve_model(settings["pretrained_model"]) if settings["pretrained_model"] else None
 device = select_device()
-log.info("training on %s", f"GPU {torch.cuda.get_device_name(0)}" if device.type == "cuda" else f"CPU ({sm.threads} threads)")
+log.info(
+    "training on %s",
+    f"GPU {torch.cuda.get_device_name(0)}" if device.type == "cuda" else f"CPU ({sm.threads} threads)",
+)
 
 images, labels = [], []
 for name, image_path, label_path in zip(sm.params.sites, sm.input.images, sm.input.labels):
@@ -28,7 +30,12 @@ for name, image_path, label_path in zip(sm.params.sites, sm.input.images, sm.inp
     site_images, site_labels = training_planes(zstack, truth, channel_indices, settings["planes_per_site"])
     images += site_images
     labels += site_labels
-    log.info("site %s: %d planes, %d cells in the chosen planes", name, len(site_images), sum(len(set(l.ravel())) - 1 for l in site_labels))
+    log.info(
+        "site %s: %d planes, %d cells in the chosen planes",
+        name,
+        len(site_images),
+        sum(len(set(plane.ravel())) - 1 for plane in site_labels),
+    )
 
 with atomic_path(sm.output[0]) as tmp:
     summary = train_model(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -212,9 +211,7 @@ def well_profiles(cells: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     meta = groups[constant].first() if constant else groups.size().to_frame().iloc[:, :0]
     score = cells["Metadata_GradCAMO"]
     meta["Metadata_Cell_Count"] = groups.size().astype(np.int64)
-    meta["Metadata_GradCAMO_Median"] = score.groupby(
-        [cells[k] for k in WELL_KEYS], sort=True
-    ).median()
+    meta["Metadata_GradCAMO_Median"] = score.groupby([cells[k] for k in WELL_KEYS], sort=True).median()
     above = (score > threshold).astype(np.float64).where(score.notna())
     meta["Metadata_GradCAMO_Above"] = above.groupby([cells[k] for k in WELL_KEYS], sort=True).mean()
     medians = groups[features].median().astype(np.float32)
@@ -288,9 +285,7 @@ def _centred_spectrum(centred: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]
     return singular, vectors, rank
 
 
-def fit_sphering(
-    features: np.ndarray, epsilon: float = 1e-6, method: str = "ZCA"
-) -> Sphering:
+def fit_sphering(features: np.ndarray, epsilon: float = 1e-6, method: str = "ZCA") -> Sphering:
     """Fit ZCA whitening on ``(n, D)`` (control) features, pycytominer-compatible.
 
     With centred (``ZCA``) or standardised (``ZCA-cor``) data ``X = U S V^T`` the matrix is
@@ -306,17 +301,13 @@ def fit_sphering(
         ``ZCA-cor``, a non-finite value, or an unknown method.
     """
     if method not in SPHERING_METHODS:
-        raise InputError(
-            f"aggregate.sphering_method: {method!r} is not one of {list(SPHERING_METHODS)}"
-        )
+        raise InputError(f"aggregate.sphering_method: {method!r} is not one of {list(SPHERING_METHODS)}")
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2:
         raise InputError(f"sphering needs an (n, D) feature matrix, got shape {features.shape}")
     n, d = features.shape
     if n < 2:
-        raise InputError(
-            f"sphering needs at least 2 control profiles to estimate their covariance, got {n}"
-        )
+        raise InputError(f"sphering needs at least 2 control profiles to estimate their covariance, got {n}")
     if not np.isfinite(features).all():
         raise InputError("sphering: the control features contain NaN or infinite values")
     if method == "ZCA-cor":
@@ -334,9 +325,7 @@ def fit_sphering(
     centred = (features - mean) / scale
     singular, vectors, rank = _centred_spectrum(centred)
     if rank == 0:
-        raise InputError(
-            f"sphering: the {n} control profiles are identical; their covariance is zero"
-        )
+        raise InputError(f"sphering: the {n} control profiles are identical; their covariance is zero")
     gain = np.sqrt(n - 1) / (singular[:rank] + epsilon)  # (rank,)
     kept = vectors[:, :rank]  # (D, rank)
     matrix = (kept * gain) @ kept.T
@@ -370,7 +359,11 @@ def fit_control_sphering(
         raise InputError(f"{exc} (control {what} of {control!r}: {int(mask.sum())})") from None
     log.info(
         "sphering (%s) fitted on %d control %s, rank %d of %d features",
-        method, sphering.n_fit, what, sphering.rank, len(features),
+        method,
+        sphering.n_fit,
+        what,
+        sphering.rank,
+        len(features),
     )
     return sphering
 
@@ -507,7 +500,9 @@ def summary(
         "control": str(control),
         "control_wells": int((wells["Metadata_Treatment"] == str(control)).sum()),
         "treatments": sorted(map(str, cells["Metadata_Treatment"].unique())),
-        "cells_per_split": {str(k): int(v) for k, v in cells["Metadata_Split"].value_counts().sort_index().items()},
+        "cells_per_split": {
+            str(k): int(v) for k, v in cells["Metadata_Split"].value_counts().sort_index().items()
+        },
         "accuracy": split_accuracies(metrics),
         "training": {k: metrics[k] for k in ("best_epoch", "epochs_run") if k in metrics},
         "attribution": dict(attribution or {}),

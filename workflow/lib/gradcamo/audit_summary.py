@@ -89,7 +89,7 @@ def background_leak(cells: pd.DataFrame, train: str = "train", held_out: Sequenc
         "chance": 1.0 / n_classes if n_classes else None,
         "n_train": int(len(fit)),
         "n_held_out": int(len(test)),
-        "features": [c[len(BACKGROUND_PREFIX):] for c in features],
+        "features": [c[len(BACKGROUND_PREFIX) :] for c in features],
     }
     if len(fit) and len(test) and fit[TREATMENT].nunique() >= 2:
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
@@ -117,9 +117,6 @@ def audit_statistics(cells: pd.DataFrame) -> dict | None:
     test = cells[cells[SPLIT] == "test"]
     return {
         "by_split": by_split,
-        "by_treatment": {
-            str(t): input_accuracies(group) for t, group in test.groupby(TREATMENT, sort=True)
-        },
+        "by_treatment": {str(t): input_accuracies(group) for t, group in test.groupby(TREATMENT, sort=True)},
         "background_leak": background_leak(cells),
     }
-

@@ -99,9 +99,7 @@ def replace_region(
     return out
 
 
-def replace_regions(
-    images: np.ndarray, regions: np.ndarray, fill: np.ndarray, seeds: Sequence
-) -> np.ndarray:
+def replace_regions(images: np.ndarray, regions: np.ndarray, fill: np.ndarray, seeds: Sequence) -> np.ndarray:
     """:func:`replace_region` for a batch ``(N, C, Z, Y, X)`` with ``regions (N, Z, Y, X)``;
     cell ``i`` draws from ``np.random.default_rng(seeds[i])``, so a cell's counterfactual
     does not depend on the batch it was in."""

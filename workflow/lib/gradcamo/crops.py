@@ -92,9 +92,7 @@ def box_slices(
     return tuple(src), tuple(dst)
 
 
-def padding_share(
-    origin: Sequence[int], crop_shape: Sequence[int], image_shape: Sequence[int]
-) -> float:
+def padding_share(origin: Sequence[int], crop_shape: Sequence[int], image_shape: Sequence[int]) -> float:
     """Share (0..1) of the box's voxels that lie outside the image (zero padding)."""
     src, _ = box_slices(origin, crop_shape, image_shape)
     inside = np.prod([s.stop - s.start for s in src])
@@ -185,7 +183,9 @@ def filter_cells(
     volume = table["Metadata_Volume"]
     too_small = volume < (min_volume or 0)
     too_large = volume > max_volume if max_volume is not None else pd.Series(False, index=table.index)
-    border = table["Metadata_BorderContact"].astype(bool) if drop_border else pd.Series(False, index=table.index)
+    border = (
+        table["Metadata_BorderContact"].astype(bool) if drop_border else pd.Series(False, index=table.index)
+    )
     keep = ~(too_small | too_large | border)
     counts = {
         "n_cells": int(len(table)),
@@ -364,8 +364,13 @@ def write_well_store(
     table, counts = well_cell_table(sites, metadata, crop_shape, filters)
     log.info(
         "well %s/%s: %d cells segmented, dropped %d too small, %d too large, %d at the border; %d kept",
-        metadata["plate"], metadata["well"], counts.get("n_cells", 0), counts.get("too_small", 0),
-        counts.get("too_large", 0), counts.get("border", 0), len(table),
+        metadata["plate"],
+        metadata["well"],
+        counts.get("n_cells", 0),
+        counts.get("too_small", 0),
+        counts.get("too_large", 0),
+        counts.get("border", 0),
+        len(table),
     )
     lower, upper = float(normalization["lower_percentile"]), float(normalization["upper_percentile"])
     record = {
@@ -385,7 +390,12 @@ def write_well_store(
                     log.warning(
                         "%s: the crop's %s size %d exceeds the z-stack's %d: every crop is at "
                         "least %.0f %% padding along %s",
-                        site.image, axis, size, extent, 100 * (1 - extent / size), axis,
+                        site.image,
+                        axis,
+                        size,
+                        extent,
+                        100 * (1 - extent / size),
+                        axis,
                     )
             if scope == "site":
                 site_bounds = percentile_bounds(zstack, lower, upper)
@@ -394,8 +404,14 @@ def write_well_store(
                 site_bounds = np.asarray(bounds, dtype=np.float64)
             cells = table[table["Metadata_Site"] == site.site]
             images, masks = crop_cells(
-                zstack, labels, cells, crop_shape, site_bounds,
-                context_fill if context == "cell" else None, cell_margin, seed,
+                zstack,
+                labels,
+                cells,
+                crop_shape,
+                site_bounds,
+                context_fill if context == "cell" else None,
+                cell_margin,
+                seed,
             )
             writer.write(images, masks)
             log.info("site %s: %d crops written", site.site, len(cells))

@@ -71,9 +71,7 @@ def phenotypic_activity(
     """
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or len(features) != len(meta):
-        raise InputError(
-            f"mAP: {len(meta)} metadata rows but a feature matrix of shape {features.shape}"
-        )
+        raise InputError(f"mAP: {len(meta)} metadata rows but a feature matrix of shape {features.shape}")
     labels = meta[TREATMENT].astype(str).reset_index(drop=True)
     is_control = (labels == str(control)).to_numpy()
     if not is_control.any():
@@ -114,8 +112,13 @@ def phenotypic_activity(
         # distributions across calls would make p-values depend on earlier runs.
         with tempfile.TemporaryDirectory(prefix="copairs-") as cache:
             scores = mean_average_precision(
-                ap, [TREATMENT], null_size=null_size, threshold=threshold, seed=seed,
-                progress_bar=False, cache_dir=cache,
+                ap,
+                [TREATMENT],
+                null_size=null_size,
+                threshold=threshold,
+                seed=seed,
+                progress_bar=False,
+                cache_dir=cache,
             )
         scores = scores.rename(columns={TREATMENT: "treatment"}).drop(columns=["indices"])
     return _activity_rows(treatments, counts, int(is_control.sum()), scores)
@@ -201,8 +204,12 @@ def activity_table(
         has_control = (table[TREATMENT].astype(str) == control).any()
         if has_control:
             part = phenotypic_activity(
-                table, table[feature_columns(table)].to_numpy(), control,
-                null_size=null_size, seed=seed, treatments=treatments,
+                table,
+                table[feature_columns(table)].to_numpy(),
+                control,
+                null_size=null_size,
+                seed=seed,
+                treatments=treatments,
             )
         else:
             log.warning("mAP %s/%s/%s: no control profiles, mAP left NaN", level, split, subset)
@@ -211,9 +218,13 @@ def activity_table(
         part.insert(0, "split", split)
         part.insert(0, "level", level)
         log.info(
-            "mAP %s/%s/%s: %s", level, split, subset,
-            ", ".join(f"{r.treatment}={r.mean_average_precision:.3f} (n={r.n_profiles})"
-                      for r in part.itertuples()),
+            "mAP %s/%s/%s: %s",
+            level,
+            split,
+            subset,
+            ", ".join(
+                f"{r.treatment}={r.mean_average_precision:.3f} (n={r.n_profiles})" for r in part.itertuples()
+            ),
         )
         parts.append(part)
     result = pd.concat(parts, ignore_index=True)

@@ -127,8 +127,14 @@ def _scatter_by_treatment(ax, embedding, treatments, colours, size, marker_of=No
         else:
             for marker in np.unique(marker_of[sel]):
                 both = sel & (marker_of == marker)
-                ax.scatter(*embedding[both].T, s=size, color=colour, marker=marker,
-                           edgecolors="black", linewidths=0.4)
+                ax.scatter(
+                    *embedding[both].T,
+                    s=size,
+                    color=colour,
+                    marker=marker,
+                    edgecolors="black",
+                    linewidths=0.4,
+                )
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
 
@@ -163,16 +169,23 @@ def umap_cells_figure(
     size = _point_size(len(embedding))
     colours = treatment_colours(treatments)
     _scatter_by_treatment(by_treatment, embedding, treatments, colours, size)
-    by_treatment.legend(title="treatment", markerscale=max(1.0, 30 / size) ** 0.5,
-                        loc="best", fontsize="small")
+    by_treatment.legend(
+        title="treatment", markerscale=max(1.0, 30 / size) ** 0.5, loc="best", fontsize="small"
+    )
     by_treatment.set_title("coloured by treatment")
     scored = np.isfinite(gradcamo)
     if (~scored).any():
-        by_score.scatter(*embedding[~scored].T, s=size, color=NAN_GREY, linewidths=0,
-                         label=f"no score (NaN, n={int((~scored).sum())})")
+        by_score.scatter(
+            *embedding[~scored].T,
+            s=size,
+            color=NAN_GREY,
+            linewidths=0,
+            label=f"no score (NaN, n={int((~scored).sum())})",
+        )
         by_score.legend(loc="best", fontsize="small")
-    points = by_score.scatter(*embedding[scored].T, s=size, c=gradcamo[scored], cmap="viridis",
-                              vmin=0, vmax=1, linewidths=0)
+    points = by_score.scatter(
+        *embedding[scored].T, s=size, c=gradcamo[scored], cmap="viridis", vmin=0, vmax=1, linewidths=0
+    )
     colourbar = figure.colorbar(points, ax=by_score, label="Grad-CAMO")
     colourbar.ax.axhline(threshold, color="red", linewidth=1.5)
     by_score.set_xlabel("UMAP 1")
@@ -201,8 +214,15 @@ def umap_wells_figure(
     _scatter_by_treatment(ax, embedding, treatments, colours, 80, marker_of)
     handles = [Line2D([], [], marker="o", linestyle="", color=c, label=t) for t, c in colours.items()]
     handles += [
-        Line2D([], [], marker=markers.get(s, "D"), linestyle="", color="grey",
-               markeredgecolor="black", label=f"split: {s}")
+        Line2D(
+            [],
+            [],
+            marker=markers.get(s, "D"),
+            linestyle="",
+            color="grey",
+            markeredgecolor="black",
+            label=f"split: {s}",
+        )
         for s in sorted(set(splits))
     ]
     ax.legend(handles=handles, loc="best", fontsize="small")
@@ -212,9 +232,7 @@ def umap_wells_figure(
 # --------------------------------------------------------------------------- Grad-CAMO
 
 
-def gradcamo_histogram_figure(
-    scores: np.ndarray, threshold: float = 0.5, method: str = "Grad-CAM"
-) -> Figure:
+def gradcamo_histogram_figure(scores: np.ndarray, threshold: float = 0.5, method: str = "Grad-CAM") -> Figure:
     """Histogram of Grad-CAMO over [0, 1], the threshold line and the share above it;
     ``method`` names the attribution map behind the scores."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -226,12 +244,20 @@ def gradcamo_histogram_figure(
     share = (finite > threshold).mean() if finite.size else float("nan")
     text = (
         f"{100 * share:.1f}% of {finite.size} scored cells > {threshold:g}"
-        if finite.size else "no scored cells"
+        if finite.size
+        else "no scored cells"
     )
     if finite.size != scores.size:
         text += f"\n{scores.size - finite.size} cells without a score (NaN) excluded"
-    ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top",
-            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "grey"})
+    ax.text(
+        0.98,
+        0.97,
+        text,
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "grey"},
+    )
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"Grad-CAMO (share of {method} attention on the cell of interest)")
     ax.set_ylabel("cells")
@@ -251,7 +277,8 @@ def gradcamo_by_treatment_figure(
     attention: pd.DataFrame | None = None,
     method: str = "Grad-CAM",
 ) -> Figure:
-    """Grad-CAMO per treatment (from ``method``'s maps): a box plot (NaN excluded, share above the threshold noted) and,
+    """Grad-CAMO per treatment (from ``method``'s maps): a box plot (NaN excluded, share
+    above the threshold noted) and,
     given ``attention`` (one row per cell, columns ``cell``, ``neighbours``, ``background``:
     shares of each cell's map), beside it the mean share of attention on each region."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -259,13 +286,17 @@ def gradcamo_by_treatment_figure(
     names = sorted(set(treatments))
     groups = [scores[(treatments == t) & np.isfinite(scores)] for t in names]
     width = max(5, 1.3 * len(names) + 2)
-    figure = Figure(figsize=(width * (2 if attention is not None else 1), 4.8),
-                    layout="constrained")
+    figure = Figure(figsize=(width * (2 if attention is not None else 1), 4.8), layout="constrained")
     axes = figure.subplots(1, 2 if attention is not None else 1, squeeze=False)[0]
     ax = axes[0]
     colours = treatment_colours(names)
-    box = ax.boxplot(groups, patch_artist=True, showfliers=False, widths=0.6,
-                     medianprops={"color": "black", "linewidth": 1.5})
+    box = ax.boxplot(
+        groups,
+        patch_artist=True,
+        showfliers=False,
+        widths=0.6,
+        medianprops={"color": "black", "linewidth": 1.5},
+    )
     for patch, name in zip(box["boxes"], names):
         patch.set_facecolor(colours[name])
         patch.set_alpha(0.6)
@@ -277,8 +308,7 @@ def gradcamo_by_treatment_figure(
     ax.set_xticks(range(1, len(names) + 1))
     ax.set_xticklabels(
         [
-            f"{t}\nn={g.size}, >{threshold:g}: {100 * (g > threshold).mean():.0f}%"
-            if g.size else f"{t}\nn=0"
+            f"{t}\nn={g.size}, >{threshold:g}: {100 * (g > threshold).mean():.0f}%" if g.size else f"{t}\nn=0"
             for t, g in zip(names, groups)
         ],
         fontsize="small",
@@ -297,6 +327,7 @@ def _attention_bars(
 ) -> None:
     """Stacked bars: mean share of each treatment's Grad-CAM attention on each region; a black
     tick marks the cell's share a uniform map would get (``attention["uniform"]``, if given)."""
+
     def means(column: str, empty: float) -> np.ndarray:
         values = attention[column].to_numpy(np.float64)
         by_treatment = [values[(treatments == t) & np.isfinite(values)] for t in names]
@@ -305,15 +336,20 @@ def _attention_bars(
     bottom = np.zeros(len(names))
     for region, colour in ATTENTION_COLOURS.items():
         means_of_region = means(region, 0.0)
-        ax.bar(range(len(names)), means_of_region, bottom=bottom, color=colour, width=0.6,
-               label=region)
+        ax.bar(range(len(names)), means_of_region, bottom=bottom, color=colour, width=0.6, label=region)
         for i, (m, b) in enumerate(zip(means_of_region, bottom)):
             if m >= 0.06:
                 ax.text(i, b + m / 2, f"{m:.2f}", ha="center", va="center", fontsize="small")
         bottom += means_of_region
     if "uniform" in attention and np.isfinite(attention["uniform"].to_numpy(np.float64)).any():
-        ax.hlines(means("uniform", np.nan), np.arange(len(names)) - 0.4, np.arange(len(names)) + 0.4,
-                  colors="black", linewidth=2.5, label="cell, if the map were uniform")
+        ax.hlines(
+            means("uniform", np.nan),
+            np.arange(len(names)) - 0.4,
+            np.arange(len(names)) + 0.4,
+            colors="black",
+            linewidth=2.5,
+            label="cell, if the map were uniform",
+        )
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, fontsize="small")
     ax.set_ylim(0, 1.0)
@@ -417,11 +453,17 @@ def cam_gallery_figure(
             if cell.cam is not None:
                 heat = np.asarray(cell.cam, dtype=np.float32).max(axis=0)
                 peak = heat.max()
-                bottom[j].imshow(heat / peak if peak > 0 else heat, cmap="jet", alpha=0.45,
-                                 vmin=0, vmax=1)
+                bottom[j].imshow(heat / peak if peak > 0 else heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
             else:
-                bottom[j].text(0.5, 0.05, "no Grad-CAM saved", color="white", ha="center",
-                               transform=bottom[j].transAxes, fontsize="x-small")
+                bottom[j].text(
+                    0.5,
+                    0.05,
+                    "no Grad-CAM saved",
+                    color="white",
+                    ha="center",
+                    transform=bottom[j].transAxes,
+                    fontsize="x-small",
+                )
             for ax in (top[j], bottom[j]):
                 if outline.any():
                     ax.contour(outline, levels=[0.5], colors="yellow", linewidths=1.0)
@@ -477,9 +519,7 @@ def read_gallery_cells(
                     f"{index} with the crop shape {mask.shape}"
                 )
             cam = np.asarray(cams[key][index], dtype=np.float32)
-        label = (
-            f"{row.Metadata_Treatment} {key[0]}/{key[1]}\nGrad-CAMO {row.Metadata_GradCAMO:.2f}"
-        )
+        label = f"{row.Metadata_Treatment} {key[0]}/{key[1]}\nGrad-CAMO {row.Metadata_GradCAMO:.2f}"
         out.append(GalleryCell(image=image, mask=mask, cam=cam, label=label))
     return out
 
@@ -497,16 +537,19 @@ def training_curves_figure(history: pd.DataFrame) -> Figure:
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, acc_ax = figure.subplots(1, 2)
     figure.suptitle("Training curves")
-    epochs = (
-        history["epoch"].to_numpy() if "epoch" in history else np.arange(1, len(history) + 1)
-    )
+    epochs = history["epoch"].to_numpy() if "epoch" in history else np.arange(1, len(history) + 1)
     for ax, quantity in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         drawn = False
         for split, style in (("train", "-o"), ("val", "-s")):
             column = f"{split}_{quantity}"
             if column in history and history[column].notna().any():
-                ax.plot(epochs, history[column].to_numpy(dtype=float), style, markersize=4,
-                        label="train" if split == "train" else "validation")
+                ax.plot(
+                    epochs,
+                    history[column].to_numpy(dtype=float),
+                    style,
+                    markersize=4,
+                    label="train" if split == "train" else "validation",
+                )
                 drawn = True
         if drawn:
             ax.legend()
@@ -526,8 +569,7 @@ def activity_figure(activity: pd.DataFrame) -> Figure:
     groups = activity[["level", "split", "subset"]].drop_duplicates().itertuples(index=False)
     groups = [tuple(g) for g in groups]
     treatments = sorted(activity["treatment"].astype(str).unique())
-    figure = Figure(figsize=(max(7, 1.2 * len(treatments) * len(groups) / 2 + 3), 4.8),
-                    layout="constrained")
+    figure = Figure(figsize=(max(7, 1.2 * len(treatments) * len(groups) / 2 + 3), 4.8), layout="constrained")
     ax = figure.subplots()
     if not treatments:
         _message(ax, "no treatment besides the control")
@@ -536,20 +578,37 @@ def activity_figure(activity: pd.DataFrame) -> Figure:
     palette = colormaps["tab10"]
     x = np.arange(len(treatments))
     for i, group in enumerate(groups):
-        part = activity[
-            (activity["level"] == group[0]) & (activity["split"] == group[1])
-            & (activity["subset"] == group[2])
-        ].set_index("treatment").reindex(treatments)
+        part = (
+            activity[
+                (activity["level"] == group[0])
+                & (activity["split"] == group[1])
+                & (activity["subset"] == group[2])
+            ]
+            .set_index("treatment")
+            .reindex(treatments)
+        )
         values = part["mean_average_precision"].to_numpy(dtype=float)
         significant = part["below_corrected_p"].fillna(False).to_numpy(dtype=bool)
-        bars = ax.bar(x + (i - (len(groups) - 1) / 2) * width, np.nan_to_num(values), width,
-                      color=palette(i % 10), label="/".join(group))
+        bars = ax.bar(
+            x + (i - (len(groups) - 1) / 2) * width,
+            np.nan_to_num(values),
+            width,
+            color=palette(i % 10),
+            label="/".join(group),
+        )
         for bar, sig, value in zip(bars, significant, values):
             if not sig:
                 bar.set_hatch("//")
             if not np.isfinite(value):
-                ax.text(bar.get_x() + bar.get_width() / 2, 0.01, "n/a", rotation=90,
-                        ha="center", va="bottom", fontsize="x-small")
+                ax.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    0.01,
+                    "n/a",
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize="x-small",
+                )
     ax.set_xticks(x)
     ax.set_xticklabels(treatments)
     ax.set_ylim(0, 1.05)
@@ -593,8 +652,7 @@ def audit_figure(
         for k, (key, label) in enumerate(AUDIT_INPUTS.items()):
             values = [by_treatment[t].get(key) for t in names]
             heights = [np.nan if v is None else v for v in values]
-            left.bar(np.arange(len(names)) + (k - 1) * width, heights, width, label=label,
-                     color=shades[key])
+            left.bar(np.arange(len(names)) + (k - 1) * width, heights, width, label=label, color=shades[key])
         left.axhline(chance, color="black", linestyle=":", linewidth=1.2, label=f"chance ({chance:.2f})")
         left.set_xticks(np.arange(len(names)))
         left.set_xticklabels(names, fontsize="small")

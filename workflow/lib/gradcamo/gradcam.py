@@ -200,9 +200,7 @@ class GradCamProfiler:
         self._trunk = steps[: at[0] + 1]
         self._tail = steps[at[0] + 1 :]
 
-    def __call__(
-        self, x: torch.Tensor, target: str | torch.Tensor = "predicted"
-    ) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, target: str | torch.Tensor = "predicted") -> dict[str, torch.Tensor]:
         """Profile a batch ``x`` (N×C×Z×Y×X).
 
         ``target``: ``"predicted"`` (each cell's arg-max class) or a LongTensor (N,) of class
@@ -261,9 +259,7 @@ def _flat_maps_and_masks(cam, mask) -> tuple[torch.Tensor, torch.Tensor, bool]:
     else:
         cam_t, mask_t = cam.double(), torch.as_tensor(mask, device=cam.device)
     if cam_t.shape != mask_t.shape or cam_t.ndim < 2:
-        raise ValueError(
-            f"cam {tuple(cam_t.shape)} and mask {tuple(mask_t.shape)} must both be (N, Z, Y, X)"
-        )
+        raise ValueError(f"cam {tuple(cam_t.shape)} and mask {tuple(mask_t.shape)} must both be (N, Z, Y, X)")
     return cam_t.flatten(1), mask_t.flatten(1), as_numpy
 
 

@@ -37,11 +37,15 @@ def headline(summary: dict) -> dict | None:
         if cell > 2 * max(context, 0.0) and cell > 0.05:
             out["verdict"] = "The model predicts mostly from the cell: its context alone gives much less."
         elif context > 2 * max(cell, 0.0) and context > 0.05:
-            out["verdict"] = ("The model predicts mostly from the context (neighbours, background): "
-                              "a shortcut, whatever Grad-CAMO says.")
+            out["verdict"] = (
+                "The model predicts mostly from the context (neighbours, background): "
+                "a shortcut, whatever Grad-CAMO says."
+            )
         else:
             out["verdict"] = "The model uses both the cell and its context."
         if out["background_leak"] is not None and out["background_leak"] > chance + 0.10:
-            out["verdict"] += (" The background alone predicts held-out wells' treatment "
-                               f"({out['background_leak']:.2f} vs chance {chance:.2f}): the crops leak it.")
+            out["verdict"] += (
+                " The background alone predicts held-out wells' treatment "
+                f"({out['background_leak']:.2f} vs chance {chance:.2f}): the crops leak it."
+            )
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}

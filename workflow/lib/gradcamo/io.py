@@ -66,17 +66,19 @@ def _truncation(tif: tifffile.TiffFile, path: Path, warnings: _OffsetWarnings) -
     for k, page in enumerate(tif.pages):  # walks every page: a broken chain shows here
         for offset, count in zip(page.dataoffsets, page.databytecounts):
             if offset + count > size:
-                return (f"page {k + 1}'s data ends at byte {offset + count}, but the file has "
-                        f"{size} bytes: it is truncated or damaged")
+                return (
+                    f"page {k + 1}'s data ends at byte {offset + count}, but the file has "
+                    f"{size} bytes: it is truncated or damaged"
+                )
     if warnings.messages:
-        return (f"the file ({size} bytes) is truncated or damaged: after {len(tif.pages)} "
-                f"page(s), {warnings.messages[0].strip()}")
+        return (
+            f"the file ({size} bytes) is truncated or damaged: after {len(tif.pages)} "
+            f"page(s), {warnings.messages[0].strip()}"
+        )
     return None
 
 
-def read_zstack(
-    path: str | os.PathLike, n_channels: int, page_order: str | None = None
-) -> np.ndarray:
+def read_zstack(path: str | os.PathLike, n_channels: int, page_order: str | None = None) -> np.ndarray:
     """Read a z-stack TIFF / OME-TIFF as a ZCYX array.
 
     Parameters
@@ -145,13 +147,10 @@ def read_zstack(
     data = np.transpose(data, [axes.index(a) for a in "ZCYX"])
     if data.dtype not in ZSTACK_DTYPES:
         raise InputError(
-            f"{path}: pixel type {data.dtype} is not supported; z-stacks must be uint8, uint16 "
-            "or float32"
+            f"{path}: pixel type {data.dtype} is not supported; z-stacks must be uint8, uint16 or float32"
         )
     if data.shape[1] != n_channels:
-        raise InputError(
-            f"{path}: has {data.shape[1]} channels, the configuration lists {n_channels}"
-        )
+        raise InputError(f"{path}: has {data.shape[1]} channels, the configuration lists {n_channels}")
     return data
 
 
@@ -175,8 +174,7 @@ def read_labels(path: str | os.PathLike, shape: Sequence[int] | None = None) -> 
         raise InputError(f"{path}: label image has dtype {labels.dtype}; expected integers")
     if shape is not None and tuple(labels.shape) != tuple(shape):
         raise InputError(
-            f"{path}: label image has shape {tuple(labels.shape)} (ZYX) but its z-stack "
-            f"has {tuple(shape)}"
+            f"{path}: label image has shape {tuple(labels.shape)} (ZYX) but its z-stack has {tuple(shape)}"
         )
     return labels
 

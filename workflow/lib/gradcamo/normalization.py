@@ -45,7 +45,9 @@ def percentile_bounds(voxels: np.ndarray, lower: float, upper: float) -> np.ndar
     A channel whose upper percentile does not exceed its lower one (e.g. mostly empty)
     falls back to its maximum; a constant channel gets the range (lower, lower + 1).
     """
-    per_channel = voxels.reshape(voxels.shape[0], voxels.shape[1], -1).swapaxes(0, 1) if voxels.ndim == 4 else voxels
+    per_channel = (
+        voxels.reshape(voxels.shape[0], voxels.shape[1], -1).swapaxes(0, 1) if voxels.ndim == 4 else voxels
+    )
     per_channel = per_channel.reshape(per_channel.shape[0], -1)
     bounds = np.percentile(per_channel, [lower, upper], axis=1).T.astype(np.float64)
     maxima = per_channel.max(axis=1).astype(np.float64)

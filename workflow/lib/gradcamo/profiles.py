@@ -117,18 +117,12 @@ def profile_table(
             "Metadata_Probability": probabilities[np.arange(n), predicted],
             "Metadata_GradCAMO": scores,
             **{
-                column: np.asarray(
-                    (attention or {}).get(name, np.full(n, np.nan)), dtype=np.float32
-                )
+                column: np.asarray((attention or {}).get(name, np.full(n, np.nan)), dtype=np.float32)
                 for name, column in ATTENTION_COLUMNS.items()
             },
-            UNIFORM_COLUMN: np.asarray(
-                np.full(n, np.nan) if uniform is None else uniform, dtype=np.float32
-            ),
+            UNIFORM_COLUMN: np.asarray(np.full(n, np.nan) if uniform is None else uniform, dtype=np.float32),
             **{
-                column: np.asarray(
-                    (audit or {}).get(name, np.full(n, np.nan)), dtype=np.float32
-                )
+                column: np.asarray((audit or {}).get(name, np.full(n, np.nan)), dtype=np.float32)
                 for name, column in AUDIT_RELIANCE_COLUMNS.items()
             },
             **{
@@ -193,9 +187,7 @@ def write_profile_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
         pq.write_table(arrow, tmp)
 
 
-def well_split(
-    splits: pd.DataFrame, plate: str, well: str, source: str = "split table"
-) -> pd.Series:
+def well_split(splits: pd.DataFrame, plate: str, well: str, source: str = "split table") -> pd.Series:
     """The row (plate, well, treatment, split) of one well in the split table."""
     missing = [c for c in SPLIT_COLUMNS if c not in splits.columns]
     if missing:
@@ -203,15 +195,11 @@ def well_split(
     here = (splits["plate"].astype(str) == str(plate)) & (splits["well"].astype(str) == str(well))
     rows = splits[here]
     if len(rows) != 1:
-        raise InputError(
-            f"{source}: {len(rows)} rows for plate {plate!r}, well {well!r}; expected 1"
-        )
+        raise InputError(f"{source}: {len(rows)} rows for plate {plate!r}, well {well!r}; expected 1")
     return rows.iloc[0]
 
 
-def check_store_matches(
-    meta: dict[str, Any], store: CropStore, checkpoint: str | os.PathLike
-) -> None:
+def check_store_matches(meta: dict[str, Any], store: CropStore, checkpoint: str | os.PathLike) -> None:
     """Raise :class:`InputError` if a checkpoint's channels or crop shape differ from a store's.
 
     A different normalisation method (scope, reference, percentiles, context) is only logged
@@ -225,13 +213,17 @@ def check_store_matches(
             f"{shape} (Z, Y, X), but crop store {store.path} has channels {list(store.channels)} "
             f"and crop shape {tuple(store.crop_shape)}"
         )
+
     def method(normalization):
         return {k: v for k, v in (normalization or {}).items() if k != "bounds"}
 
     if method(meta.get("normalization")) != method(store.normalization):
         log.warning(
             "checkpoint %s normalisation %s differs from crop store %s normalisation %s",
-            checkpoint, meta.get("normalization"), store.path, store.normalization,
+            checkpoint,
+            meta.get("normalization"),
+            store.path,
+            store.normalization,
         )
 
 
@@ -243,9 +235,7 @@ def target_class_index(target_class: str, treatment: str, classes: Sequence[str]
     if target_class == "predicted":
         return "predicted"
     if target_class != "true":
-        raise InputError(
-            f"profile.target_class must be 'predicted' or 'true', got {target_class!r}"
-        )
+        raise InputError(f"profile.target_class must be 'predicted' or 'true', got {target_class!r}")
     if treatment not in classes:
         raise InputError(
             f"profile.target_class is 'true' but treatment {treatment!r} is not one of the "
@@ -257,15 +247,10 @@ def target_class_index(target_class: str, treatment: str, classes: Sequence[str]
 def audit_seeds(cells: pd.DataFrame, seed: int) -> list[tuple[int, ...]]:
     """Per cell, the seed of its counterfactuals' fill: ``(seed, plate/well code, site,
     object number)``, so a cell's audit depends neither on batching nor on the run."""
-    codes = [
-        zlib.crc32(f"{p}/{w}".encode())
-        for p, w in zip(cells["Metadata_Plate"], cells["Metadata_Well"])
-    ]
+    codes = [zlib.crc32(f"{p}/{w}".encode()) for p, w in zip(cells["Metadata_Plate"], cells["Metadata_Well"])]
     return [
         (int(seed), int(code), int(site), int(obj))
-        for code, site, obj in zip(
-            codes, cells["Metadata_Site"], cells["Metadata_ObjectNumber"]
-        )
+        for code, site, obj in zip(codes, cells["Metadata_Site"], cells["Metadata_ObjectNumber"])
     ]
 
 
@@ -354,9 +339,7 @@ def profile_store(
                 (without_cell, "cell", "from_context"),
                 (without_context, "context", "from_cell"),
             ):
-                p, classes = target_probabilities(
-                    model, torch.from_numpy(crops).to(device), result["target"]
-                )
+                p, classes = target_probabilities(model, torch.from_numpy(crops).to(device), result["target"])
                 out["audit"][reliance][lo:hi] = chosen - p
                 out["audit"][predicted][lo:hi] = classes
         if cams_out is not None:
@@ -365,7 +348,5 @@ def profile_store(
             peak = cam.flatten(1).amax(1).clamp(min=torch.finfo(cam.dtype).tiny)
             cams_out[lo:hi] = (cam / peak[:, None, None, None]).cpu().numpy().astype(cams_out.dtype)
         elapsed = time.perf_counter() - start
-        log.info(
-            "batch %d/%d: %d/%d cells, %.1f cells/s", b + 1, n_batches, hi, n, hi / elapsed
-        )
+        log.info("batch %d/%d: %d/%d cells, %.1f cells/s", b + 1, n_batches, hi, n, hi / elapsed)
     return out

@@ -97,12 +97,18 @@ def plot_plate_layout(qc: pd.DataFrame, plate: str, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("mean", "mean intensity"), ("focus_max", "focus (best plane)"),
-               ("saturated_fraction", "saturated fraction")]
+    metrics = [
+        ("mean", "mean intensity"),
+        ("focus_max", "focus (best plane)"),
+        ("saturated_fraction", "saturated fraction"),
+    ]
     channels = list(dict.fromkeys(qc["channel"]))
     fig, axes = plt.subplots(
-        len(channels), len(metrics), figsize=(4.2 * len(metrics), 2.0 * len(channels) + 0.8),
-        squeeze=False, constrained_layout=True,
+        len(channels),
+        len(metrics),
+        figsize=(4.2 * len(metrics), 2.0 * len(channels) + 0.8),
+        squeeze=False,
+        constrained_layout=True,
     )
     for j, (metric, label) in enumerate(metrics):
         grid = plate_layout(qc, metric)

@@ -77,7 +77,9 @@ def read_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
                 raise InputError(f"{_row_name(path, df, i)}: field {col!r} is empty")
     site = pd.to_numeric(df["site"], errors="coerce")
     for i in site.index[site.isna() | (site % 1 != 0)]:
-        raise InputError(f"{_row_name(path, df, i)}: field 'site' must be an integer, got {df.at[i, 'site']!r}")
+        raise InputError(
+            f"{_row_name(path, df, i)}: field 'site' must be an integer, got {df.at[i, 'site']!r}"
+        )
     out = df.copy()
     out["site"] = site.astype(int)
     out["well"] = [canonical_well(w) for w in df["well"]]
@@ -98,14 +100,20 @@ def read_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
         conc = pd.to_numeric(df["concentration"].replace("", None), errors="coerce")
         bad = conc.isna() & (df["concentration"] != "")
         for i in conc.index[bad]:
-            raise InputError(f"{_row_name(path, df, i)}: field 'concentration' must be a number, got {df.at[i, 'concentration']!r}")
+            raise InputError(
+                f"{_row_name(path, df, i)}: field 'concentration' must be a number, "
+                f"got {df.at[i, 'concentration']!r}"
+            )
         out["concentration"] = conc.astype(float)
     else:
         out["concentration"] = float("nan")
     if "control" in df:
         values = df["control"].str.lower()
         for i in values.index[~values.isin(_TRUE | _FALSE)]:
-            raise InputError(f"{_row_name(path, df, i)}: field 'control' must be true or false, got {df.at[i, 'control']!r}")
+            raise InputError(
+                f"{_row_name(path, df, i)}: field 'control' must be true or false, "
+                f"got {df.at[i, 'control']!r}"
+            )
         out["control"] = values.isin(_TRUE)
     else:
         out["control"] = False
@@ -129,8 +137,11 @@ def check_sample_sheet(samples: pd.DataFrame, sheet: str | os.PathLike) -> None:
     """
     dup = samples.duplicated(["plate", "well", "site"], keep="first")
     for i in samples.index[dup]:
-        first = samples[(samples.plate == samples.at[i, "plate"]) & (samples.well == samples.at[i, "well"])
-                        & (samples.site == samples.at[i, "site"])].iloc[0]
+        first = samples[
+            (samples.plate == samples.at[i, "plate"])
+            & (samples.well == samples.at[i, "well"])
+            & (samples.site == samples.at[i, "site"])
+        ].iloc[0]
         raise InputError(
             f"{sheet} line {samples.at[i, 'line']}: duplicate row for plate {samples.at[i, 'plate']}, "
             f"well {samples.at[i, 'well']}, site {samples.at[i, 'site']} (first at line {first['line']})"
@@ -145,9 +156,7 @@ def check_sample_sheet(samples: pd.DataFrame, sheet: str | os.PathLike) -> None:
         if len(treatments) > 1:
             rows = samples[(samples.plate == plate) & (samples.well == well)]
             lines = ", ".join(f"line {r.line}: {r.treatment}" for r in rows.itertuples())
-            raise InputError(
-                f"{sheet}: sites of well {plate}/{well} disagree on field 'treatment' ({lines})"
-            )
+            raise InputError(f"{sheet}: sites of well {plate}/{well} disagree on field 'treatment' ({lines})")
     treatments = sorted(samples["treatment"].unique())
     if len(treatments) < 2:
         raise InputError(
@@ -241,7 +250,8 @@ def check_config(config: Mapping[str, Any], samples: pd.DataFrame) -> None:
         name = seg.get(key)
         if name is not None and name not in channels:
             raise InputError(
-                f"config key 'segmentation.{key}' is {name!r}, which is not in 'channels' ({', '.join(channels)})"
+                f"config key 'segmentation.{key}' is {name!r}, which is not in 'channels' "
+                f"({', '.join(channels)})"
             )
     treatments = set(samples["treatment"])
     control = config["aggregate"]["control"]
@@ -279,7 +289,9 @@ def check_config(config: Mapping[str, Any], samples: pd.DataFrame) -> None:
         index = {f"{r.plate}/{r.well}/{r.site}": r for r in samples.itertuples()}
         for site in sites:
             if site not in index:
-                raise InputError(f"config key 'segmentation.train.sites': site {site!r} is not in the sample sheet")
+                raise InputError(
+                    f"config key 'segmentation.train.sites': site {site!r} is not in the sample sheet"
+                )
             if index[site].labels is None:
                 raise InputError(
                     f"config key 'segmentation.train.sites': site {site!r} (sheet line "

@@ -126,9 +126,7 @@ def load_model(source: ModelSource, device: torch.device | None = None) -> model
     if source.builtin:
         model = models.CellposeModel(gpu=gpu, device=device, model_type=source.name)
     else:
-        model = models.CellposeModel(
-            gpu=gpu, device=device, pretrained_model=os.fspath(source.weights)
-        )
+        model = models.CellposeModel(gpu=gpu, device=device, pretrained_model=os.fspath(source.weights))
     log.info("Cellpose model %s (%s) on %s", source.name, source.weights, device)
     return model
 

@@ -145,8 +145,7 @@ class CropStoreWriter:
         """Finish the store with its cell table (one row per written cell, same order)."""
         if self._written != self.n_cells or len(cells) != self.n_cells:
             raise ValueError(
-                f"store expects {self.n_cells} cells, {self._written} crops written, "
-                f"{len(cells)} table rows"
+                f"store expects {self.n_cells} cells, {self._written} crops written, {len(cells)} table rows"
             )
         cells.reset_index(drop=True).to_parquet(self.path / "cells.parquet", index=False)
         meta = {

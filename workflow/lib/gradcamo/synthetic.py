@@ -50,7 +50,14 @@ CONCENTRATIONS: dict[str, float] = {
     "CompoundC": 3.0,
 }
 SHEET_COLUMNS = (
-    "plate", "well", "site", "image", "labels", "treatment", "concentration", "control",
+    "plate",
+    "well",
+    "site",
+    "image",
+    "labels",
+    "treatment",
+    "concentration",
+    "control",
 )
 
 
@@ -207,12 +214,14 @@ def place_cells(rng: np.random.Generator, params: SynthesisParams) -> pd.DataFra
         r = float(np.clip(rng.normal(mean_r, sd_r), 0.65 * mean_r, 1.4 * mean_r))
         m = 0.4 * r
         y, x = rng.uniform(-m, ny + m), rng.uniform(-m, nx + m)
-        if all(
-            np.hypot(y - c["y"], x - c["x"]) >= params.cell_spacing * (r + c["radius"])
-            for c in cells
-        ):
-            cell = {"y": y, "x": x, "radius": r, "aspect": rng.uniform(1.0, 1.5),
-                    "angle": rng.uniform(0, np.pi)}
+        if all(np.hypot(y - c["y"], x - c["x"]) >= params.cell_spacing * (r + c["radius"]) for c in cells):
+            cell = {
+                "y": y,
+                "x": x,
+                "radius": r,
+                "aspect": rng.uniform(1.0, 1.5),
+                "angle": rng.uniform(0, np.pi),
+            }
             for k in (2, 3, 4):
                 cell[f"h{k}"] = abs(rng.normal(0, 0.08 / (k - 1)))
                 cell[f"p{k}"] = rng.uniform(0, 2 * np.pi)
@@ -221,8 +230,14 @@ def place_cells(rng: np.random.Generator, params: SynthesisParams) -> pd.DataFra
 
 
 def _normalized_distance(
-    yy: np.ndarray, xx: np.ndarray, y: float, x: float, radius: float, aspect: float,
-    angle: float, harmonics: tuple[tuple[float, float], ...] = (),
+    yy: np.ndarray,
+    xx: np.ndarray,
+    y: float,
+    x: float,
+    radius: float,
+    aspect: float,
+    angle: float,
+    harmonics: tuple[tuple[float, float], ...] = (),
 ) -> np.ndarray:
     """Distance from (y, x) in units of an ellipse's radius along that direction (1 = edge)."""
     dy, dx = yy - y, xx - x
@@ -237,9 +252,7 @@ def _normalized_distance(
     return rho / edge
 
 
-def cell_footprints(
-    cells: pd.DataFrame, yx_shape: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
+def cell_footprints(cells: pd.DataFrame, yx_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Split the plane into cell territories: each pixel goes to the cell it is deepest in.
 
     Returns ``owner`` (Y, X) int, 0 = no cell, cell ``i`` of ``cells`` = ``i + 1``, and
@@ -252,13 +265,21 @@ def cell_footprints(
     yy, xx = np.mgrid[0 : yx_shape[0], 0 : yx_shape[1]].astype(float)
     if len(cells) == 0:
         return np.zeros(yx_shape, int), np.ones(yx_shape)
-    dist = np.stack([
-        _normalized_distance(
-            yy, xx, c.y, c.x, c.radius, c.aspect, c.angle,
-            ((c.h2, c.p2), (c.h3, c.p3), (c.h4, c.p4)),
-        )
-        for c in cells.itertuples()
-    ])
+    dist = np.stack(
+        [
+            _normalized_distance(
+                yy,
+                xx,
+                c.y,
+                c.x,
+                c.radius,
+                c.aspect,
+                c.angle,
+                ((c.h2, c.p2), (c.h3, c.p3), (c.h4, c.p4)),
+            )
+            for c in cells.itertuples()
+        ]
+    )
     nearest = np.argmin(dist, axis=0)
     depth = np.take_along_axis(dist, nearest[None], axis=0)[0]
     owner = np.where(depth < 1.0, nearest + 1, 0)
@@ -303,8 +324,7 @@ def _unit_mean(texture: np.ndarray) -> np.ndarray:
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_um: float) -> np.ndarray:
     """Gaussian random field with correlation length ``sigma_um`` (isotropic in µm), unit SD."""
-    return _unit(ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32),
-                                         _voxels(sigma_um)))
+    return _unit(ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), _voxels(sigma_um)))
 
 
 def ridges(band: np.ndarray, width: float) -> np.ndarray:
@@ -312,8 +332,7 @@ def ridges(band: np.ndarray, width: float) -> np.ndarray:
     return np.exp(-((band / width) ** 2))
 
 
-def puncta(rng: np.random.Generator, shape: tuple[int, ...], density: float,
-           sigma_um: float) -> np.ndarray:
+def puncta(rng: np.random.Generator, shape: tuple[int, ...], density: float, sigma_um: float) -> np.ndarray:
     """Sparse Gaussian spots (``density`` per voxel) of SD ``sigma_um``, peaks ≈ 1."""
     sigma = _voxels(sigma_um)
     points = (rng.random(shape) < density).astype(np.float32)
@@ -335,8 +354,9 @@ def _beta(rng: np.random.Generator, mean: np.ndarray, concentration: float, n: i
     return rng.beta(mean * concentration, (1 - mean) * concentration, size=n)
 
 
-def cell_traits(rng: np.random.Generator, effect: TreatmentEffect, n: int,
-                params: SynthesisParams) -> pd.DataFrame:
+def cell_traits(
+    rng: np.random.Generator, effect: TreatmentEffect, n: int, params: SynthesisParams
+) -> pd.DataFrame:
     """Per-cell traits drawn from the treatment's distributions (one row per cell).
 
     Columns: ``responder`` (bool; non-responders draw from the untreated defaults),
@@ -352,23 +372,29 @@ def cell_traits(rng: np.random.Generator, effect: TreatmentEffect, n: int,
         return np.where(responder, getattr(effect, name), getattr(untreated, name))
 
     scale = mean("nucleus_scale") * np.exp(rng.normal(0, log_sd, n))
-    traits = pd.DataFrame({
-        "responder": responder,
-        "nucleus_fraction": np.clip(rng.normal(*params.nucleus_fraction, n), 0.3, 0.7) * scale,
-        "nucleus_z_scale": np.sqrt(scale),
-        "mito_fragmentation": _beta(rng, mean("mito_fragmentation"), concentration, n),
-        "er_coarseness": _beta(rng, mean("er_coarseness"), concentration, n),
-        "dna_content": np.where(rng.random(n) < 0.25, 1.9, 1.0),
-        "height": params.cell_height * np.exp(rng.normal(0, 0.1, n)),
-    })
+    traits = pd.DataFrame(
+        {
+            "responder": responder,
+            "nucleus_fraction": np.clip(rng.normal(*params.nucleus_fraction, n), 0.3, 0.7) * scale,
+            "nucleus_z_scale": np.sqrt(scale),
+            "mito_fragmentation": _beta(rng, mean("mito_fragmentation"), concentration, n),
+            "er_coarseness": _beta(rng, mean("er_coarseness"), concentration, n),
+            "dna_content": np.where(rng.random(n) < 0.25, 1.9, 1.0),
+            "height": params.cell_height * np.exp(rng.normal(0, 0.1, n)),
+        }
+    )
     for c in CHANNELS:
         traits[f"brightness_{c}"] = np.exp(rng.normal(0, params.cell_brightness_sd, n))
     return traits
 
 
 def nucleus_volumes(
-    rng: np.random.Generator, cells: pd.DataFrame, traits: pd.DataFrame, labels: np.ndarray,
-    depth: np.ndarray, base: np.ndarray,
+    rng: np.random.Generator,
+    cells: pd.DataFrame,
+    traits: pd.DataFrame,
+    labels: np.ndarray,
+    depth: np.ndarray,
+    base: np.ndarray,
 ) -> np.ndarray:
     """Nuclear labels (ZYX, same ids as ``labels``): a tilted ellipsoid per cell.
 
@@ -385,16 +411,21 @@ def nucleus_volumes(
         rz = 2.2 * t.nucleus_z_scale
         floor = base[int(np.clip(round(c.y), 0, ny - 1)), int(np.clip(round(c.x), 0, nx - 1))]
         zc = floor + 0.6 + rz
-        d = _normalized_distance(yy[0], xx[0], cy, cx, r, rng.uniform(1.0, 1.25),
-                                 c.angle + rng.normal(0, 0.3))
+        d = _normalized_distance(
+            yy[0], xx[0], cy, cx, r, rng.uniform(1.0, 1.25), c.angle + rng.normal(0, 0.3)
+        )
         inside = (d[None] ** 2 + ((zz - zc) / rz) ** 2 <= 1.0) & (labels == i) & (depth[None] < 0.9)
         nuclei[inside] = i
     return nuclei
 
 
 def render_channels(
-    rng: np.random.Generator, labels: np.ndarray, nuclei: np.ndarray, depth: np.ndarray,
-    traits: pd.DataFrame, params: SynthesisParams,
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    nuclei: np.ndarray,
+    depth: np.ndarray,
+    traits: pd.DataFrame,
+    params: SynthesisParams,
 ) -> np.ndarray:
     """Noise-free, unblurred relative intensities (ZCYX float32, ~0..1.5) of the five channels.
 
@@ -454,14 +485,14 @@ def render_channels(
     mito = cytoplasm * (0.25 + 0.75 * perinuclear) * 0.3 * ((1 - f) * network + f * spots)
 
     channels = [dna, er, rna, agp, mito]
-    out = np.stack(
-        [ch * trait(f"brightness_{name}") for name, ch in zip(CHANNELS, channels)], axis=1
-    )
+    out = np.stack([ch * trait(f"brightness_{name}") for name, ch in zip(CHANNELS, channels)], axis=1)
     return out.astype(np.float32)
 
 
 def camera(
-    rng: np.random.Generator, photons: np.ndarray, params: SynthesisParams,
+    rng: np.random.Generator,
+    photons: np.ndarray,
+    params: SynthesisParams,
 ) -> np.ndarray:
     """Shot noise, gain and read noise around the offset: float counts (ZCYX), not yet rounded."""
     counts = rng.poisson(photons).astype(np.float32) * params.camera_gain
@@ -470,7 +501,10 @@ def camera(
 
 
 def background_confounder(
-    rng: np.random.Generator, treatment: str, labels: np.ndarray, params: SynthesisParams,
+    rng: np.random.Generator,
+    treatment: str,
+    labels: np.ndarray,
+    params: SynthesisParams,
 ) -> np.ndarray:
     """Extra counts (ZCYX) outside every cell that encode the treatment (a planted shortcut).
 
@@ -525,8 +559,7 @@ def synthesize_site(
     """
     params = params or SynthesisParams()
     if treatment not in params.effects:
-        raise InputError(
-            f"treatment {treatment!r} has no effect defined; known: {list(params.effects)}")
+        raise InputError(f"treatment {treatment!r} has no effect defined; known: {list(params.effects)}")
     nz, ny, nx = params.shape
     cells = place_cells(rng, params)
     traits = cell_traits(rng, params.effects[treatment], len(cells), params)
@@ -537,9 +570,7 @@ def synthesize_site(
     signal = render_channels(rng, labels, nuclei, depth, traits, params)
 
     sigma = _voxels(params.psf_sigma_um)
-    blurred = np.stack(
-        [ndimage.gaussian_filter(signal[:, c], sigma) for c in range(len(CHANNELS))], axis=1
-    )
+    blurred = np.stack([ndimage.gaussian_filter(signal[:, c], sigma) for c in range(len(CHANNELS))], axis=1)
     site_gain = np.exp(rng.normal(0, params.site_gain_sd, len(CHANNELS)))
     scale = (np.asarray(params.brightness) * site_gain).astype(np.float32)
     photons = blurred * scale[None, :, None, None]
@@ -563,14 +594,21 @@ def sample_sheet(seed: int = 0, sites: tuple[int, ...] = SITES) -> pd.DataFrame:
     for w in wells.itertuples():
         for site in sites:
             name = f"{w.plate}_{w.well}_s{site}.tif"
-            rows.append({
-                "plate": w.plate, "well": w.well, "site": int(site),
-                "image": f"images/{name}", "labels": f"labels/{name}",
-                "treatment": w.treatment, "concentration": w.concentration,
-                "control": bool(w.control),
-            })
+            rows.append(
+                {
+                    "plate": w.plate,
+                    "well": w.well,
+                    "site": int(site),
+                    "image": f"images/{name}",
+                    "labels": f"labels/{name}",
+                    "treatment": w.treatment,
+                    "concentration": w.concentration,
+                    "control": bool(w.control),
+                }
+            )
     return pd.DataFrame(rows, columns=list(SHEET_COLUMNS)).sort_values(
-        ["plate", "well", "site"], ignore_index=True)
+        ["plate", "well", "site"], ignore_index=True
+    )
 
 
 def write_sheet(path: str | os.PathLike, sheet: pd.DataFrame) -> None:

@@ -190,8 +190,7 @@ def check_stores(
         store = CropStore.open(path)
         if list(store.channels) != list(channels):
             raise InputError(
-                f"{path}: store channels {store.channels} differ from config channels "
-                f"{list(channels)}"
+                f"{path}: store channels {store.channels} differ from config channels {list(channels)}"
             )
         if tuple(store.crop_shape) != tuple(crop_shape):
             raise InputError(
@@ -203,9 +202,7 @@ def check_stores(
     return normalization
 
 
-def fingerprint(
-    settings: TrainSettings, wells: pd.DataFrame, classes: Sequence[str], extra: Mapping
-) -> str:
+def fingerprint(settings: TrainSettings, wells: pd.DataFrame, classes: Sequence[str], extra: Mapping) -> str:
     """SHA-256 of everything that determines the training result.
 
     Settings (without ``num_workers``, which does not change results), classes, ``extra``
@@ -424,9 +421,7 @@ def load_resume_state(path: str | os.PathLike, expected_fingerprint: str) -> dic
         log.warning("%s: unreadable resume state (%s); training starts afresh", path, exc)
         return None
     if state.get("format") != RESUME_FORMAT or state.get("fingerprint") != expected_fingerprint:
-        log.warning(
-            "%s was made with other training settings or data; training starts afresh", path
-        )
+        log.warning("%s was made with other training settings or data; training starts afresh", path)
         return None
     return state
 
@@ -459,8 +454,9 @@ class Progress:
     stale_epochs: int = 0
     stopped: bool = False
 
-    def record(self, row: dict[str, float], score: tuple[float, float], model: nn.Module,
-               patience: int) -> None:
+    def record(
+        self, row: dict[str, float], score: tuple[float, float], model: nn.Module, patience: int
+    ) -> None:
         """Add an epoch's history row; keep the weights if ``score`` is the best so far."""
         self.history.append(row)
         if self.best_score is None or score > self.best_score:
@@ -554,14 +550,10 @@ def train_classifier(
     return TrainResult(model=model.cpu().eval(), meta=meta, history=history, metrics=metrics)
 
 
-def _check_splits(
-    cells: pd.DataFrame, rows: Mapping[str, np.ndarray], classes: Sequence[str]
-) -> None:
+def _check_splits(cells: pd.DataFrame, rows: Mapping[str, np.ndarray], classes: Sequence[str]) -> None:
     """Refuse training without cells; warn about splits that lack a treatment."""
     if len(rows["train"]) < 2:
-        raise InputError(
-            f"the training wells hold {len(rows['train'])} cell(s): training needs at least 2"
-        )
+        raise InputError(f"the training wells hold {len(rows['train'])} cell(s): training needs at least 2")
     if len(rows["val"]) == 0:
         log.warning("no validation cells: early stopping is off, the last epoch is kept")
     for split in SPLITS:
@@ -625,8 +617,7 @@ def _fit(
             settings.epochs,
         )
     log.info(
-        "training %s on %s (%s): %d train cells (%d draws/epoch), %d validation cells, "
-        "%d classes",
+        "training %s on %s (%s): %d train cells (%d draws/epoch), %d validation cells, %d classes",
         settings.variant,
         device,
         f"autocast {amp}" if amp else "fp32",
@@ -645,12 +636,15 @@ def _fit(
         start = time.perf_counter()
         draws = BalancedDraws(train_data.labels, draws_per_epoch, settings.seed, epoch)
         loader = _loader(
-            train_data, settings.batch_size, settings.num_workers, device,
-            seed=settings.seed + epoch, sampler=draws, drop_last=True,
+            train_data,
+            settings.batch_size,
+            settings.num_workers,
+            device,
+            seed=settings.seed + epoch,
+            sampler=draws,
+            drop_last=True,
         )
-        train_loss, train_acc, lr = train_one_epoch(
-            model, loader, optimizer, scheduler, scaler, device, amp
-        )
+        train_loss, train_acc, lr = train_one_epoch(model, loader, optimizer, scheduler, scaler, device, amp)
         refresh_batch_norm(model, bn_data, eval_batch, device, amp)
         val_logits = predict(model, val_data, eval_batch, device, amp, settings.num_workers)
         val_loss, val_acc = loss_and_accuracy(val_logits, val_data.labels)
