@@ -24,6 +24,7 @@ rule all:
     default_target: True
     input:
         expand("results/qc/{plate}.layout.png", plate=sorted(set(WELLS.plate))),
+        expand("results/qc/{plate}.channel_correlation.png", plate=sorted(set(WELLS.plate))),
         expand_wells("results/qc/{plate}/{well}.parquet"),
         segmentation_scores(),
         "results/train/metrics.json",

@@ -14,6 +14,7 @@ N_WELLS = 16  # 2 plates × 8 wells
 EXPECTED_JOBS = {
     "qc_well": N_WELLS,
     "qc_plate": 2,
+    "channel_correlation": 2,
     "train_segmentation": 1,
     "segment": N_WELLS,
     "score_segmentation": 1,

@@ -46,6 +46,15 @@ def test_qc_for_every_well(project, wells):
     for plate in wells.plate.unique():
         image = matplotlib.image.imread(project / f"results/qc/{plate}.layout.png")
         assert image.shape[0] > 200 and image.std() > 0
+        correlation = pd.read_csv(
+            project / f"results/qc/{plate}.channel_correlation.tsv", sep="\t", index_col="channel"
+        )
+        assert list(correlation.columns) == ["DNA", "ER", "RNA", "AGP", "Mito"]
+        np.testing.assert_allclose(np.diag(correlation), 1.0, atol=1e-9)
+        np.testing.assert_allclose(correlation, correlation.T, atol=1e-12)
+        assert (correlation.abs() <= 1 + 1e-9).all().all()
+        image = matplotlib.image.imread(project / f"results/qc/{plate}.channel_correlation.png")
+        assert image.shape[0] > 200 and image.std() > 0
 
 
 def test_segmentation_reaches_ap_on_held_out_sites(project):

@@ -45,3 +45,29 @@ rule qc_plate:
         runtime=10,
     script:
         "../scripts/qc_plate.py"
+
+
+rule channel_correlation:
+    """Inter-channel correlation over the cell voxels of a plate (Cell Painting channels are
+    highly correlated: what a profile can tell apart starts here)."""
+    input:
+        lambda wc: [f"results/crops/{wc.plate}/{w}/store.json" for w in WELLS[WELLS.plate == wc.plate].well],
+    output:
+        table="results/qc/{plate}.channel_correlation.tsv",
+        figure=report(
+            "results/qc/{plate}.channel_correlation.png",
+            caption="../report/channel_correlation.rst",
+            category="Image QC",
+        ),
+    log:
+        "logs/channel_correlation/{plate}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        channels=CHANNELS,
+    script:
+        "../scripts/channel_correlation.py"

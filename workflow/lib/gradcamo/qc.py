@@ -125,3 +125,47 @@ def plot_plate_layout(qc: pd.DataFrame, plate: str, path) -> None:
     fig.suptitle(f"Plate {plate}: image QC per well (mean over sites)")
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def channel_correlation(images: np.ndarray, masks: np.ndarray, region: int = 1) -> tuple[np.ndarray, int]:
+    """Sums for the Pearson correlation of the channels over the voxels of one region.
+
+    ``images``: ``(N, C, Z, Y, X)`` crops, ``masks``: ``(N, Z, Y, X)`` (1 = the cell of
+    interest). Returns ``(moments, n)``: ``moments`` is ``(C + 1, C + 1)`` -- the cross
+    products of ``[1, x_1, ..., x_C]`` summed over the region's voxels -- so that blocks of
+    cells add up (:func:`correlation_from_moments`) without holding a plate in memory.
+    """
+    inside = np.asarray(masks) == region
+    voxels = np.moveaxis(np.asarray(images, np.float64), 1, -1)[inside]  # (n, C)
+    design = np.concatenate([np.ones((len(voxels), 1)), voxels], axis=1)
+    return design.T @ design, int(len(voxels))
+
+
+def correlation_from_moments(moments: np.ndarray) -> np.ndarray:
+    """The ``(C, C)`` Pearson correlation matrix from summed moments (:func:`channel_correlation`)."""
+    n = moments[0, 0]
+    mean = moments[0, 1:] / n
+    covariance = moments[1:, 1:] / n - np.outer(mean, mean)
+    sd = np.sqrt(np.clip(np.diag(covariance), 1e-30, None))
+    return covariance / np.outer(sd, sd)
+
+
+def plot_channel_correlation(
+    correlation: np.ndarray, channels: list[str], plate: str, n_voxels: int, path
+) -> None:
+    """Heatmap of a plate's inter-channel correlation over cell voxels (PNG)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 5), layout="constrained")
+    ax = figure.subplots()
+    shown = ax.imshow(correlation, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(channels)), channels)
+    ax.set_yticks(range(len(channels)), channels)
+    for i in range(len(channels)):
+        for j in range(len(channels)):
+            ax.text(j, i, f"{correlation[i, j]:.2f}", ha="center", va="center", fontsize="small")
+    ax.set_xlabel("channel")
+    ax.set_ylabel("channel")
+    ax.set_title(f"Plate {plate}: channel correlation over {n_voxels:,} cell voxels")
+    figure.colorbar(shown, ax=ax, label="Pearson r")
+    figure.savefig(path, dpi=150, format="png")
