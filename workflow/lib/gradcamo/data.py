@@ -39,8 +39,8 @@ class Augmentation:
     Y == X (otherwise 180°).
     """
 
-    flip_z: bool = False
-    intensity_jitter: float = 0.0
+    flip_z: bool
+    intensity_jitter: float
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, augmentation: Augmentation) -> np.ndarray:

@@ -73,38 +73,39 @@ class TrainSettings:
     ``drop_connect_rate``: stochastic depth of the last block (MONAI's b0 uses 0.2). With
     small crops the last blocks see 1×1×1 maps, and dropping residual branches per cell then
     shifts the batch statistics batch norm learns from; evaluation became unstable here
-    (validation losses of 20-400 at 90 % accuracy), hence 0 by default.
+    (validation losses of 20-400 at 90 % accuracy), hence 0 by default (in the schema).
     """
 
-    variant: str = "b0"
-    norm: str = "batch"
-    epochs: int = 12
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.05
-    patience: int = 5
-    seed: int = 0
-    num_workers: int = 0
-    mixed_precision: bool = False
-    drop_connect_rate: float = 0.0
-    augmentation: Augmentation = field(default_factory=Augmentation)
+    variant: str
+    norm: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    patience: int
+    seed: int
+    num_workers: int
+    mixed_precision: bool
+    drop_connect_rate: float
+    augmentation: Augmentation
 
     @classmethod
     def from_config(cls, train: Mapping[str, Any]) -> "TrainSettings":
-        """Read the ``train`` config section; resource keys (gpu, threads, ...) are ignored."""
-        optional = {"augmentation", "drop_connect_rate", "norm"}
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in optional]
-        missing = [name for name in names if name not in train]
+        """Read the ``train`` config section (schema-validated, so with every default filled
+        in: the schema is the one home of the defaults); resource keys (gpu, threads, ...)
+        are ignored."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "augmentation"]
+        augment = train.get("augment") or {}
+        missing = [name for name in names if name not in train] + [
+            f"augment.{name}" for name in ("flip_z", "intensity_jitter") if name not in augment
+        ]
         if missing:
             raise InputError(f"config section train lacks key(s) {', '.join(missing)}")
-        augment = train.get("augment") or {}
         settings = cls(
             **{name: train[name] for name in names},
-            drop_connect_rate=float(train.get("drop_connect_rate", cls.drop_connect_rate)),
-            norm=str(train.get("norm", cls.norm)),
             augmentation=Augmentation(
-                flip_z=bool(augment.get("flip_z", False)),
-                intensity_jitter=float(augment.get("intensity_jitter", 0.0)),
+                flip_z=bool(augment["flip_z"]),
+                intensity_jitter=float(augment["intensity_jitter"]),
             ),
         )
         if settings.batch_size < 2:
