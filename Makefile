@@ -52,6 +52,7 @@ bench: setup
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_gradcam.py
 	$(BIN)/python bench/bench_aggregate.py
+	$(BIN)/python bench/bench_dag.py
 
 clean:
 	rm -rf results logs report.html

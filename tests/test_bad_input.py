@@ -4,6 +4,11 @@ crops deeper than the stacks, and --config values that arrive as strings."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -174,3 +179,27 @@ def test_a_labels_file_of_the_wrong_shape_is_named_before_segmentation(tmp_path,
     assert "wrong_labels.tif" in log and "(4, 12, 12)" in log and "(4, 16, 16)" in log
     assert not (tmp_path / "results/qc/P1/B03.parquet").exists()
     assert not (tmp_path / "results/segment").exists()
+
+
+def test_a_killed_writer_leaves_nothing_that_survives_the_rerun(tmp_path):
+    from gradcamo.io import atomic_path
+
+    target = tmp_path / "crops" / "B02"
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[2]); from gradcamo.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.mkdir(); (tmp / 'images.npy').write_bytes(b'x' * 1000); print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    lib = str(Path(__file__).resolve().parents[1] / "workflow" / "lib")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target), lib], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    leftovers = list(target.parent.glob(".B02.*"))
+    assert leftovers and not target.exists()  # what a kill leaves: a hidden folder, no output
+    with atomic_path(target) as tmp:  # the rerun of the job
+        tmp.mkdir()
+        (tmp / "images.npy").write_bytes(b"y")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["B02"]
+    assert (target / "images.npy").read_bytes() == b"y"

@@ -107,10 +107,16 @@ def expand_wells(pattern):
     return [pattern.format(plate=p, well=w) for p, w in zip(WELLS.plate, WELLS.well)]
 
 
+# The sheet's rows of every well, grouped once: an input function per job must not filter
+# the whole sheet (a 10-plate screen has 35,000 rows and 3,840 wells per rule).
+SITES_OF_WELL = {
+    key: rows.sort_values("site") for key, rows in SAMPLES.groupby(["plate", "well"], sort=False)
+}
+
+
 def well_sites(wildcards):
     """The sheet's rows (one per site) of the well named by the wildcards, in site order."""
-    rows = SAMPLES[(SAMPLES.plate == wildcards.plate) & (SAMPLES.well == wildcards.well)]
-    return rows.sort_values("site")
+    return SITES_OF_WELL[(wildcards.plate, wildcards.well)]
 
 
 def reference_sites(plate):

@@ -6,6 +6,7 @@ Everything here reads or writes files; the rest of the library works on arrays.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import shutil
@@ -24,10 +25,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place only on success.
 
     A failing writer leaves nothing at ``path`` (no partial output). Works for files and
-    for folders (whatever the caller creates at the yielded path).
+    for folders (whatever the caller creates at the yielded path). A writer killed outright
+    (SIGKILL, the OOM killer) cannot clean up: its temporary folder is removed by the next
+    write of the same path, which is the rerun of the same job (a workflow never runs two
+    jobs for one output at once).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):  # mkdtemp's names, below
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     tmp = tmpdir / path.name
     try:
