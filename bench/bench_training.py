@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_table
+from gradcamo.devices import autocast_dtype
 from gradcamo.model import build_model
 from gradcamo.store import CropStoreWriter
-from gradcamo.training import autocast_dtype
 
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
 

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from gradcamo.data import Augmentation, BalancedDraws, CropCells, augment, cell_table
+from gradcamo.devices import choose_device
 from gradcamo.errors import InputError
 from gradcamo.model import build_model, load_checkpoint, save_checkpoint, set_drop_connect_rate
 from gradcamo.split import split_wells
@@ -26,7 +27,6 @@ from gradcamo.store import CropStore, CropStoreWriter
 from gradcamo.training import (
     HISTORY_COLUMNS,
     TrainSettings,
-    choose_device,
     classification_metrics,
     fingerprint,
     load_resume_state,

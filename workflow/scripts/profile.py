@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from gradcamo.devices import choose_device, device_name
 from gradcamo.errors import InputError
 from gradcamo.gradcam import GradCamProfiler, layer_for_resolution, map_shapes
 from gradcamo.io import atomic_path
@@ -26,14 +27,13 @@ log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 sm = snakemake  # noqa: F821
 plate, well = sm.wildcards.plate, sm.wildcards.well
 torch.set_num_threads(sm.threads)
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+device = choose_device()
 if device.type == "cuda":
     # PyTorch lets cuDNN convolutions run in TF32 (10-bit mantissa) by default. Grad-CAM maps
     # are differences of small gradients: on an H100 (bench/bench_gradcam.py, _blocks.2) TF32
     # moved min-max normalised maps by up to 0.61 from MONAI's; in float32, by 8.3e-4.
     torch.backends.cudnn.allow_tf32 = False
-log.info("profiling %s/%s on %s (%d threads)", plate, well, device_name, sm.threads)
+log.info("profiling %s/%s on %s", plate, well, device_name(device, sm.threads))
 
 store = CropStore.open(Path(sm.input.store_json).parent)
 model, meta = load_checkpoint(sm.input.model, map_location=device)

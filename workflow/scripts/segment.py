@@ -3,9 +3,10 @@
 import time
 
 import torch
+from gradcamo.devices import choose_device, device_name
 from gradcamo.io import atomic_path, read_zstack, write_labels
 from gradcamo.logs import log_to
-from gradcamo.segmentation import load_model, resolve_model, segment_zstack, select_device
+from gradcamo.segmentation import load_model, resolve_model, segment_zstack
 
 log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 sm = snakemake  # noqa: F821
@@ -19,11 +20,8 @@ channel_indices = (
 )
 # Fail at once (before reading any image) when the weights are not available offline.
 source = resolve_model(sm.input.model if settings["model"] == "trained" else settings["model"])
-device = select_device()
-log.info(
-    "segmenting on %s",
-    f"GPU {torch.cuda.get_device_name(0)}" if device.type == "cuda" else f"CPU ({sm.threads} threads)",
-)
+device = choose_device()
+log.info("segmenting on %s", device_name(device, sm.threads))
 model = load_model(source, device)
 voxel_z, voxel_y, _ = sm.params.voxel_size
 

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from gradcamo.devices import choose_device
 from gradcamo.errors import InputError
 from gradcamo.logs import log_to
-from gradcamo.training import TrainSettings, choose_device, train_classifier, write_training_outputs
+from gradcamo.training import TrainSettings, train_classifier, write_training_outputs
 
 log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 sm = snakemake  # noqa: F821

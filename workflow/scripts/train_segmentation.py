@@ -1,9 +1,10 @@
 """Train a Cellpose 3 model on 2D z-planes of the annotated sites (results/segmentation/model/)."""
 
 import torch
+from gradcamo.devices import choose_device, device_name
 from gradcamo.io import atomic_path, read_labels, read_zstack
 from gradcamo.logs import log_to
-from gradcamo.segmentation import resolve_model, select_device, train_model, training_planes
+from gradcamo.segmentation import resolve_model, train_model, training_planes
 
 log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 sm = snakemake  # noqa: F821
@@ -17,11 +18,8 @@ channel_indices = (
 )
 # Fail at once (before reading images) when a built-in starting model is not available offline.
 pretrained = resolve_model(settings["pretrained_model"]) if settings["pretrained_model"] else None
-device = select_device()
-log.info(
-    "training on %s",
-    f"GPU {torch.cuda.get_device_name(0)}" if device.type == "cuda" else f"CPU ({sm.threads} threads)",
-)
+device = choose_device()
+log.info("training on %s", device_name(device, sm.threads))
 
 images, labels = [], []
 for name, image_path, label_path in zip(sm.params.sites, sm.input.images, sm.input.labels):

@@ -34,6 +34,7 @@ from cellpose import metrics, models, train, transforms
 from cellpose import utils as cp_utils
 from skimage.segmentation import relabel_sequential
 
+from gradcamo.devices import choose_device
 from gradcamo.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -114,14 +115,9 @@ def resolve_model(model: str | os.PathLike, folder: Path | None = None) -> Model
     )
 
 
-def select_device() -> torch.device:
-    """The job's GPU when it has one (``torch.cuda.is_available()``), the CPU otherwise."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def load_model(source: ModelSource, device: torch.device | None = None) -> models.CellposeModel:
     """Build a Cellpose 3 model from resolved, local weights (never downloads)."""
-    device = select_device() if device is None else device
+    device = choose_device() if device is None else device
     gpu = device.type == "cuda"
     if source.builtin:
         model = models.CellposeModel(gpu=gpu, device=device, model_type=source.name)
@@ -307,7 +303,7 @@ def train_model(
     """
     if len(images) == 0:
         raise InputError("segmentation.train.sites: the annotated sites hold no cells to train on")
-    device = select_device() if device is None else device
+    device = choose_device() if device is None else device
     seed_everything(seed)
     if pretrained is None:
         # From scratch the network can work at the cells' own scale: with diam_mean set to

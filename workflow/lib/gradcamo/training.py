@@ -23,7 +23,6 @@ mode, NaN without validation cells), ``learning_rate`` of the epoch's last step,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,7 +33,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_table
+from gradcamo.devices import autocast_dtype, reproducible
 from gradcamo.errors import InputError
 from gradcamo.io import atomic_path
 from gradcamo.model import build_model, save_checkpoint, set_drop_connect_rate
@@ -131,48 +131,6 @@ class TrainResult:
     meta: dict[str, Any]
     history: pd.DataFrame
     metrics: dict[str, Any]
-
-
-# --------------------------------------------------------------------------- devices
-
-
-def choose_device(gpus: int) -> torch.device:
-    """CUDA when GPUs are requested and present; else the CPU (with a warning if requested)."""
-    if gpus > 0 and torch.cuda.is_available():
-        return torch.device("cuda")
-    if gpus > 0:
-        log.warning("train.gpu = %d but no CUDA device is visible: training on the CPU", gpus)
-    return torch.device("cpu")
-
-
-def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
-    """bf16 on CUDA devices that support it, else fp16 on CUDA; None (fp32) on the CPU."""
-    if not mixed_precision or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-@contextlib.contextmanager
-def reproducible(device: torch.device) -> Iterator[None]:
-    """Deterministic algorithms on the CPU for the duration; restores the global flags.
-
-    On CUDA, cuDNN autotuning is enabled instead: bitwise repeatability there would need
-    deterministic 3D depthwise-convolution kernels, which are much slower.
-    """
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.benchmark,
-    )
-    try:
-        if device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        else:
-            torch.backends.cudnn.benchmark = True
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.benchmark = saved[2]
 
 
 # --------------------------------------------------------------------------- data
@@ -398,15 +356,9 @@ def classification_metrics(
 
 
 def save_resume_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write the resume state atomically (temporary file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Write the resume state atomically (:func:`gradcamo.io.atomic_path`)."""
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_resume_state(path: str | os.PathLike, expected_fingerprint: str) -> dict[str, Any] | None:
