@@ -64,13 +64,8 @@ def peak_mb() -> float:
 
 def run_step(step: str, n_cells: int, umap_max_cells: int | None) -> dict:
     """One step on fresh synthetic data; returns seconds, peak MB, data MB and a note."""
-    from gradcamo.aggregate import (
-        apply_sphering,
-        control_mask,
-        feature_columns,
-        fit_control_sphering,
-        well_profiles,
-    )
+    from gradcamo.aggregate import control_mask, feature_columns, well_profiles
+    from gradcamo.sphering import apply_sphering, fit_control_sphering
 
     cells = synthetic_cells(n_cells)
     data_mb = peak_mb()

@@ -7,18 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from gradcamo.aggregate import (
-    PROFILE_ROW,
-    feature_columns,
-    fit_sphering,
-    gradcamo_statistics,
-    read_profile_tables,
-    sphere_profiles,
-    summary,
-    well_profiles,
-)
+from gradcamo.aggregate import PROFILE_ROW, feature_columns, read_profile_tables, well_profiles
 from gradcamo.errors import InputError
 from gradcamo.evaluation import activity_table
+from gradcamo.sphering import fit_sphering, sphere_profiles
+from gradcamo.summary import gradcamo_statistics, summary
 from pycytominer import normalize
 from synthetic_profiles import CONTROL, WELLS, feature_names, write_profiles
 

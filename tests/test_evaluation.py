@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from gradcamo.aggregate import read_profile_tables, sphere_profiles, well_profiles
+from gradcamo.aggregate import read_profile_tables, well_profiles
 from gradcamo.errors import InputError
 from gradcamo.evaluation import (
     ACTIVITY_COLUMNS,
@@ -13,6 +13,7 @@ from gradcamo.evaluation import (
     phenotypic_activity,
     sample_per_treatment,
 )
+from gradcamo.sphering import sphere_profiles
 from synthetic_profiles import CONTROL, write_profiles
 
 

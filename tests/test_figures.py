@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from gradcamo import figures
-from gradcamo.aggregate import read_profile_tables, sphere_profiles, well_profiles
+from gradcamo.aggregate import read_profile_tables, well_profiles
 from gradcamo.errors import InputError
 from gradcamo.evaluation import activity_table
+from gradcamo.sphering import sphere_profiles
 from synthetic_profiles import CHANNELS, CONTROL, CROP, write_profiles
 
 

@@ -8,17 +8,13 @@ from gradcamo.logs import log_to
 log = log_to(snakemake.log[0])
 logging.getLogger("copairs").setLevel(logging.WARNING)  # one INFO line per step otherwise
 
-from gradcamo.aggregate import (  # noqa: E402  (imports after logging is set up)
-    apply_sphering,
-    fit_control_sphering,
-    read_profile_tables,
-    sphere_profiles,
-    summary,
-    well_profiles,
-)
+# (imports after logging is set up)
+from gradcamo.aggregate import read_profile_tables, well_profiles  # noqa: E402
 from gradcamo.errors import InputError  # noqa: E402
 from gradcamo.evaluation import activity_table  # noqa: E402
 from gradcamo.io import atomic_path  # noqa: E402
+from gradcamo.sphering import apply_sphering, fit_control_sphering, sphere_profiles  # noqa: E402
+from gradcamo.summary import summary  # noqa: E402
 
 params = snakemake.params
 cells, empty_wells = read_profile_tables(snakemake.input.profiles)

@@ -11,12 +11,9 @@ log = log_to(snakemake.log[0])
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from gradcamo import figures  # noqa: E402
-from gradcamo.aggregate import (  # noqa: E402
-    apply_sphering,
-    attention_shares,
-    feature_columns,
-    fit_control_sphering,
-)
+from gradcamo.aggregate import feature_columns  # noqa: E402
+from gradcamo.sphering import apply_sphering, fit_control_sphering  # noqa: E402
+from gradcamo.summary import attention_shares  # noqa: E402
 
 params, out = snakemake.params, snakemake.output
 umap_settings = dict(

@@ -1,0 +1,142 @@
+"""The run's summary (``summary.json``): accuracy, Grad-CAMO, attention shares, mAP, audit."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from gradcamo.aggregate import ATTENTION_REGIONS
+from gradcamo.audit_summary import audit_statistics
+from gradcamo.columns import UNIFORM_COLUMN
+
+
+def gradcamo_statistics(scores: Iterable[float], threshold: float = 0.5) -> dict:
+    """Mean, median and share above ``threshold`` of Grad-CAMO scores, NaN excluded.
+
+    Returns a dict: ``n_cells``, ``n_scored``, ``n_nan``, ``mean``, ``median``,
+    ``n_above``, ``share_above`` and ``threshold``; statistics are ``None`` without scores.
+    """
+    scores = np.asarray(list(scores), dtype=np.float64)
+    finite = scores[np.isfinite(scores)]
+    n_above = int((finite > threshold).sum())
+    return {
+        "threshold": float(threshold),
+        "n_cells": int(scores.size),
+        "n_scored": int(finite.size),
+        "n_nan": int(scores.size - finite.size),
+        "mean": float(finite.mean()) if finite.size else None,
+        "median": float(np.median(finite)) if finite.size else None,
+        "n_above": n_above,
+        "share_above": n_above / finite.size if finite.size else None,
+    }
+
+
+def attention_shares(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, the shares of its Grad-CAM attention: columns ``cell`` (Grad-CAMO),
+    ``neighbours`` and ``background``, plus ``uniform`` (the cell's share for a uniform map);
+    NaN where the table lacks a column."""
+    columns = {**ATTENTION_REGIONS, "uniform": UNIFORM_COLUMN}
+    return pd.DataFrame(
+        {
+            name: cells[column].to_numpy(np.float64) if column in cells else np.nan
+            for name, column in columns.items()
+        },
+        index=cells.index,
+    )
+
+
+def attention_statistics(cells: pd.DataFrame) -> dict:
+    """Mean share of the Grad-CAM attention on the cell, its neighbours and the background.
+
+    Returns ``{"cell": ..., "neighbours": ..., "background": ..., "cell_if_uniform": ...}``
+    (NaN-excluded means, None where a column is missing or has no values); the first three
+    sum to about 1; ``cell_if_uniform`` is the mean Grad-CAMO a uniform map would get.
+    """
+    means = attention_shares(cells).mean()  # skips NaN; NaN for a column without values
+    names = {"uniform": "cell_if_uniform"}
+    return {names.get(k, k): None if np.isnan(v) else float(v) for k, v in means.items()}
+
+
+def split_accuracies(metrics: dict) -> dict:
+    """Per-split accuracy entries of the training ``metrics.json``.
+
+    Reads ``metrics["splits"]`` (or ``metrics`` itself) as split -> dict and keeps, for every
+    split entry that has an ``accuracy``, the scalar fields among ``accuracy``,
+    ``balanced_accuracy``, ``chance_level`` / ``chance``, ``n_cells`` and ``n_wells``.
+    """
+    wanted = ("accuracy", "balanced_accuracy", "chance_level", "chance", "n_cells", "n_wells")
+    splits = metrics.get("splits", metrics) if isinstance(metrics, dict) else {}
+    out = {}
+    for split, entry in splits.items():
+        if isinstance(entry, dict) and "accuracy" in entry:
+            out[str(split)] = {
+                k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else v)
+                for k, v in entry.items()
+                if k in wanted and (v is None or np.isscalar(v))
+            }
+    return out
+
+
+def summary(
+    cells: pd.DataFrame,
+    wells: pd.DataFrame,
+    empty_wells: Sequence[str],
+    metrics: dict,
+    activity: pd.DataFrame,
+    control: str,
+    threshold: float = 0.5,
+    attribution: dict | None = None,
+) -> dict:
+    """The run's headline numbers as a JSON-ready dict (NaN written as ``None``).
+
+    Parameters
+    ----------
+    cells, wells: single-cell and well tables.
+    empty_wells: profile tables without cells.
+    metrics: the training stage's ``metrics.json``.
+    activity: the mAP table (:func:`gradcamo.evaluation.activity_table`).
+    attribution: how the maps behind Grad-CAMO were made (``cam_method``, ``target_layer``,
+        ``target_resolution``), reported as ``attribution``.
+    """
+    by_split = {
+        str(split): gradcamo_statistics(group["Metadata_GradCAMO"].to_numpy(), threshold)
+        for split, group in cells.groupby("Metadata_Split", sort=True)
+    }
+    mean_ap: dict = {}
+    for row in activity.itertuples(index=False):
+        node = mean_ap.setdefault(row.level, {}).setdefault(f"{row.split}/{row.subset}", {})
+        node[row.treatment] = {
+            "mean_average_precision": _json_float(row.mean_average_precision),
+            "corrected_p_value": _json_float(row.corrected_p_value),
+            "n_profiles": int(row.n_profiles),
+        }
+    return {
+        "cells": int(len(cells)),
+        "wells": int(len(wells)),
+        "empty_wells": list(map(str, empty_wells)),
+        "control": str(control),
+        "control_wells": int((wells["Metadata_Treatment"] == str(control)).sum()),
+        "treatments": sorted(map(str, cells["Metadata_Treatment"].unique())),
+        "cells_per_split": {
+            str(k): int(v) for k, v in cells["Metadata_Split"].value_counts().sort_index().items()
+        },
+        "accuracy": split_accuracies(metrics),
+        "training": {k: metrics[k] for k in ("best_epoch", "epochs_run") if k in metrics},
+        "attribution": dict(attribution or {}),
+        "gradcamo": gradcamo_statistics(cells["Metadata_GradCAMO"].to_numpy(), threshold),
+        "gradcamo_by_split": by_split,
+        "attention": attention_statistics(cells),
+        "attention_by_split": {
+            str(split): attention_statistics(group)
+            for split, group in cells.groupby("Metadata_Split", sort=True)
+        },
+        "mean_average_precision": mean_ap,
+        "audit": audit_statistics(cells),
+    }
+
+
+def _json_float(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
