@@ -21,19 +21,12 @@ import torch
 from gradcamo.data import Augmentation, BalancedDraws, CropCells, augment, cell_table
 from gradcamo.devices import choose_device
 from gradcamo.errors import InputError
+from gradcamo.metrics import classification_metrics
 from gradcamo.model import build_model, load_checkpoint, save_checkpoint, set_drop_connect_rate
+from gradcamo.resume import fingerprint, load_resume_state, save_resume_state
 from gradcamo.split import split_wells
 from gradcamo.store import CropStore, CropStoreWriter
-from gradcamo.training import (
-    HISTORY_COLUMNS,
-    TrainSettings,
-    classification_metrics,
-    fingerprint,
-    load_resume_state,
-    save_resume_state,
-    train_classifier,
-    write_training_outputs,
-)
+from gradcamo.training import HISTORY_COLUMNS, TrainSettings, train_classifier, write_training_outputs
 
 CHANNELS = ["DNA", "ER", "Mito"]
 CROP = (8, 16, 16)

@@ -7,13 +7,23 @@ One module per concern; none of them knows about Snakemake:
 - :mod:`gradcamo.synthetic`    -- the seeded mini 3D Cell Painting dataset generator.
 - :mod:`gradcamo.qc`           -- per-site, per-channel image quality metrics.
 - :mod:`gradcamo.segmentation` -- Cellpose 3 segmentation, training and scoring.
+- :mod:`gradcamo.normalization` -- per-plate (control-well) or per-site intensity percentiles.
+- :mod:`gradcamo.context`      -- the neutral fill: a crop's cell or its context replaced.
 - :mod:`gradcamo.crops`        -- single-cell 3D crops, masks and the cell table.
 - :mod:`gradcamo.store`        -- the per-well crop store (random access per cell).
 - :mod:`gradcamo.split`        -- well-disjoint train/val/test split.
 - :mod:`gradcamo.model`        -- MONAI 3D EfficientNet built for the crop shape; checkpoints.
-- :mod:`gradcamo.training`     -- the training loop (resumable, seeded).
-- :mod:`gradcamo.gradcam`      -- one-pass embedding + 3D Grad-CAM + Grad-CAMO.
-- :mod:`gradcamo.aggregate`    -- well profiles and sphering.
+- :mod:`gradcamo.devices`      -- the device, float precision and determinism of a job.
+- :mod:`gradcamo.data`         -- crop stores as a PyTorch dataset; seeded augmentation.
+- :mod:`gradcamo.training`     -- the training loop (seeded, early-stopped).
+- :mod:`gradcamo.resume`       -- fingerprint, resume state and progress of training.
+- :mod:`gradcamo.metrics`      -- classification metrics of a split.
+- :mod:`gradcamo.gradcam`      -- one-pass embedding + 3D attribution maps + Grad-CAMO.
+- :mod:`gradcamo.audit`        -- the counterfactual audit: the cell, or its context, replaced.
+- :mod:`gradcamo.profiles`     -- a well's profile table from its crop store.
+- :mod:`gradcamo.aggregate`    -- single-cell tables and well profiles.
+- :mod:`gradcamo.sphering`     -- ZCA sphering on control profiles.
+- :mod:`gradcamo.summary`      -- the run's summary; :mod:`gradcamo.audit_summary`, its audit.
 - :mod:`gradcamo.evaluation`   -- mean average precision with copairs.
 - :mod:`gradcamo.figures`      -- PNG figures.
 """

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
+from gradcamo.errors import InputError
 from gradcamo.store import CropStore
 
 
@@ -204,3 +205,28 @@ class BalancedDraws(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         for draw, cell in enumerate(self.sampler):
             yield self.epoch, draw, int(cell)
+
+
+def check_stores(
+    stores: Sequence[Path], channels: Sequence[str], crop_shape: Sequence[int]
+) -> dict[str, Any]:
+    """Check every store has the configured channels and crop shape; return the normalisation.
+
+    The normalisation recorded in the checkpoint is that of the first store (the crop stage
+    writes the same method for every well).
+    """
+    normalization: dict[str, Any] = {}
+    for i, path in enumerate(stores):
+        store = CropStore.open(path)
+        if list(store.channels) != list(channels):
+            raise InputError(
+                f"{path}: store channels {store.channels} differ from config channels {list(channels)}"
+            )
+        if tuple(store.crop_shape) != tuple(crop_shape):
+            raise InputError(
+                f"{path}: store crop shape {list(store.crop_shape)} differs from config "
+                f"crops.shape {list(crop_shape)}"
+            )
+        if i == 0:
+            normalization = store.normalization
+    return normalization

@@ -24,30 +24,35 @@ mode, NaN without validation cells), ``learning_rate`` of the epoch's last step,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import math
 import os
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_table
+from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_table, check_stores
 from gradcamo.devices import autocast_dtype, reproducible
 from gradcamo.errors import InputError
 from gradcamo.io import atomic_path
+from gradcamo.metrics import classification_metrics, loss_and_accuracy
 from gradcamo.model import build_model, save_checkpoint, set_drop_connect_rate
-from gradcamo.store import CropStore
+from gradcamo.resume import (
+    RESUME_FORMAT,
+    Progress,
+    fingerprint,
+    load_resume_state,
+    restore_rng_state,
+    rng_state,
+    save_resume_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,6 @@ HISTORY_COLUMNS = (
     "learning_rate",
     "seconds",
 )
-RESUME_FORMAT = 1
 #: At most this many training cells give the batch-norm statistics used in evaluation.
 BATCH_NORM_CELLS = 2048
 
@@ -134,52 +138,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- data
-
-
-def check_stores(
-    stores: Sequence[Path], channels: Sequence[str], crop_shape: Sequence[int]
-) -> dict[str, Any]:
-    """Check every store has the configured channels and crop shape; return the normalisation.
-
-    The normalisation recorded in the checkpoint is that of the first store (the crop stage
-    writes the same method for every well).
-    """
-    normalization: dict[str, Any] = {}
-    for i, path in enumerate(stores):
-        store = CropStore.open(path)
-        if list(store.channels) != list(channels):
-            raise InputError(
-                f"{path}: store channels {store.channels} differ from config channels {list(channels)}"
-            )
-        if tuple(store.crop_shape) != tuple(crop_shape):
-            raise InputError(
-                f"{path}: store crop shape {list(store.crop_shape)} differs from config "
-                f"crops.shape {list(crop_shape)}"
-            )
-        if i == 0:
-            normalization = store.normalization
-    return normalization
-
-
-def fingerprint(settings: TrainSettings, wells: pd.DataFrame, classes: Sequence[str], extra: Mapping) -> str:
-    """SHA-256 of everything that determines the training result.
-
-    Settings (without ``num_workers``, which does not change results), classes, ``extra``
-    (channels, crop shape), the split of wells, and per store its ``store.json`` and
-    ``cells.parquet`` bytes and image array shape (images are not hashed: too large).
-    """
-    digest = hashlib.sha256()
-    result_settings = settings.as_dict()
-    result_settings.pop("num_workers")
-    header = [result_settings, list(classes), dict(extra)]
-    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
-    for row in wells.itertuples(index=False):
-        digest.update(f"{row.plate}\t{row.well}\t{row.treatment}\t{row.split}\n".encode())
-        store = Path(row.store)
-        for name in ("store.json", "cells.parquet"):
-            digest.update(hashlib.sha256((store / name).read_bytes()).digest())
-        digest.update(str(CropStore.open(store).images.shape).encode())
-    return digest.hexdigest()
 
 
 def evaluation_batch_size(batch_size: int) -> int:
@@ -303,121 +261,6 @@ def predict(
             logits = model(images.to(device, non_blocking=True))
         out.append(logits.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model._fc.out_features), np.float32)
-
-
-def loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``logits (N, K)`` for ``labels (N,)``; NaN if N = 0."""
-    if len(labels) == 0:
-        return math.nan, math.nan
-    loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
-    return float(loss), float(np.mean(logits.argmax(1) == labels))
-
-
-def classification_metrics(
-    labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]
-) -> dict[str, Any]:
-    """Accuracy figures of one split.
-
-    Parameters
-    ----------
-    labels, predicted: class ids ``(N,)``.
-    classes: class names; index = class id.
-
-    Returns
-    -------
-    ``n_cells``, ``accuracy``, ``balanced_accuracy`` (mean recall over the classes present
-    in ``labels``), ``confusion_matrix`` (``labels``: class names, ``counts``: rows = true
-    class, columns = predicted), ``chance_level`` (1 / number of classes) and
-    ``majority_class_rate`` (share of the most frequent true class: what always guessing it
-    would score). Accuracies are None for an empty split.
-    """
-    n = len(labels)
-    ids = list(range(len(classes)))
-    counts = np.zeros((len(ids), len(ids)), int)
-    accuracy = balanced = majority = None
-    if n:
-        counts = confusion_matrix(labels, predicted, labels=ids)
-        accuracy = float(accuracy_score(labels, predicted))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-            balanced = float(balanced_accuracy_score(labels, predicted))
-        majority = float(np.bincount(labels).max() / n)
-    return {
-        "n_cells": int(n),
-        "accuracy": accuracy,
-        "balanced_accuracy": balanced,
-        "confusion_matrix": {"labels": list(classes), "counts": counts.astype(int).tolist()},
-        "chance_level": 1.0 / len(classes),
-        "majority_class_rate": majority,
-    }
-
-
-# --------------------------------------------------------------------------- resume state
-
-
-def save_resume_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write the resume state atomically (:func:`gradcamo.io.atomic_path`)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_resume_state(path: str | os.PathLike, expected_fingerprint: str) -> dict[str, Any] | None:
-    """The resume state at ``path`` if it exists and was made with the same settings and data."""
-    path = Path(path)
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # from a run killed mid-write
-        leftover.unlink(missing_ok=True)
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file: start afresh, and say so
-        log.warning("%s: unreadable resume state (%s); training starts afresh", path, exc)
-        return None
-    if state.get("format") != RESUME_FORMAT or state.get("fingerprint") != expected_fingerprint:
-        log.warning("%s was made with other training settings or data; training starts afresh", path)
-        return None
-    return state
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@dataclass
-class Progress:
-    """History and early-stopping bookkeeping; part of the resume state.
-
-    ``best_score``: ``(val accuracy, -val loss)`` of the best epoch, compared as a tuple.
-    ``stale_epochs``: epochs since the best one.
-    """
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_state: dict[str, torch.Tensor] | None = None
-    best_score: tuple[float, float] | None = None
-    best_epoch: int = 0
-    stale_epochs: int = 0
-    stopped: bool = False
-
-    def record(
-        self, row: dict[str, float], score: tuple[float, float], model: nn.Module, patience: int
-    ) -> None:
-        """Add an epoch's history row; keep the weights if ``score`` is the best so far."""
-        self.history.append(row)
-        if self.best_score is None or score > self.best_score:
-            self.best_score, self.best_epoch, self.stale_epochs = score, int(row["epoch"]), 0
-            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            self.stale_epochs += 1
-        self.stopped = self.stale_epochs >= patience
 
 
 # --------------------------------------------------------------------------- the whole stage
@@ -561,7 +404,7 @@ def _fit(
         scheduler.load_state_dict(state["scheduler"])
         if scaler.is_enabled() and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        restore_rng_state(state["rng"])
         progress = Progress(**state["progress"])
         log.info(
             "resuming from %s after epoch %d of %d",
@@ -627,7 +470,7 @@ def _fit(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
-                    "rng": _rng_state(),
+                    "rng": rng_state(),
                     "progress": dict(vars(progress)),
                 },
             )
