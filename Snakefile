@@ -27,6 +27,7 @@ rule all:
         expand("results/qc/{plate}.channel_correlation.png", plate=sorted(set(WELLS.plate))),
         expand_wells("results/qc/{plate}/{well}.parquet"),
         segmentation_scores(),
+        expand("results/segmentation/qc/{plate}.parquet", plate=sorted(set(WELLS.plate))),
         "results/train/metrics.json",
         expand_wells("results/profiles/{plate}/{well}.parquet"),
         aggregate_targets(),

@@ -19,3 +19,23 @@ def test_channel_correlation_is_pearson_over_the_cells_voxels_in_any_blocks():
     blocks = [channel_correlation(images[i : i + 2], masks[i : i + 2])[0] for i in range(0, 6, 2)]
     np.testing.assert_allclose(sum(blocks), whole)
     assert correlation_from_moments(whole)[0, 1] > 0.9
+
+
+def test_segmentation_qc_flags_the_site_far_off_its_plate():
+    import pandas as pd
+    from gradcamo.qc import flag_segmentations, robust_z
+
+    sites = pd.DataFrame(
+        {
+            "plate": "P1",
+            "well": ["B02", "B02", "B03", "B03", "C02", "C02"],
+            "site": [1, 2, 1, 2, 1, 2],
+            "n_cells": [20, 22, 19, 23, 176, 21],  # C02/1: camera noise segmented as "cells"
+            "foreground": [0.31, 0.33, 0.30, 0.34, 0.05, 0.32],
+        }
+    )
+    table = flag_segmentations(sites, max_z=5.0)
+    assert list(table.flagged) == [False, False, False, False, True, False]
+    reason = table.reason.iloc[4]
+    assert "cells 176 vs plate median 21.5" in reason and "foreground 0.05" in reason
+    assert np.allclose(robust_z([3, 3, 3]), 0) and robust_z([10, 10, 20])[2] == 10

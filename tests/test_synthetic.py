@@ -239,3 +239,11 @@ def test_config_sheet_is_the_bundled_sheet():
     for col in ("image", "labels"):
         bundled[col] = "../resources/mini/" + bundled[col]
     pd.testing.assert_frame_equal(config, bundled)
+
+
+def test_the_template_sheet_lists_the_bundled_dataset(bundled_sheet):
+    """config/samples.tsv (make demo's sheet) is the bundled sheet, paths relative to config/."""
+    template = pd.read_csv(ROOT / "config" / "samples.tsv", sep="\t")
+    for column in ("image", "labels"):
+        template[column] = template[column].str.replace("../resources/mini/", "", regex=False)
+    pd.testing.assert_frame_equal(template, bundled_sheet)

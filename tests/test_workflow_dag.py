@@ -18,6 +18,7 @@ EXPECTED_JOBS = {
     "train_segmentation": 1,
     "segment": N_WELLS,
     "score_segmentation": 1,
+    "segmentation_qc": 2,
     "crop_normalization": 2,
     "crops": N_WELLS,
     "split": 1,

@@ -64,6 +64,10 @@ def test_segmentation_reaches_ap_on_held_out_sites(project):
     assert len(held_out) >= 20
     assert held_out.ap50.mean() >= 0.8, held_out[["plate", "well", "site", "ap50", "f1"]]
     assert scores["held_out"]["ap50"] == pytest.approx(held_out.ap50.mean())
+    for plate in ("P1", "P2"):
+        qc = pd.read_parquet(project / f"results/segmentation/qc/{plate}.parquet")
+        assert len(qc) == 24 and qc.n_cells.between(10, 30).all()
+        assert not qc.flagged.any(), qc[qc.flagged]
 
 
 def test_crops_for_every_well(project, wells):

@@ -154,6 +154,8 @@ rule figures:
         umap_max_cells=config["aggregate"]["umap"]["max_cells"],
         umap_pca_components=config["aggregate"]["umap"]["pca_components"],
         gallery_cells=config["aggregate"]["gallery_cells"],
+        # The order of the per-well inputs crop_stores, crop_images, crop_masks and cams.
+        wells=WELLS[["plate", "well"]].to_dict("records"),
         channels=CHANNELS,
     script:
         "../scripts/figures.py"

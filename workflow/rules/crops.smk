@@ -37,6 +37,8 @@ rule crops:
         # The plate's reference: its percentiles (scope plate) and neutral fill.
         bounds="results/crops/{plate}/normalization.json",
         fill="results/crops/{plate}/fill.npy",
+        # Sites the segmentation QC flags (dropped with crops.filters.drop_flagged_sites).
+        segmentation_qc="results/segmentation/qc/{plate}.parquet",
     output:
         images="results/crops/{plate}/{well}/images.npy",
         masks="results/crops/{plate}/{well}/masks.npy",

@@ -89,6 +89,8 @@ rule segment:
         runtime=config["segmentation"]["runtime"],
     params:
         sites=lambda wc: list(well_sites(wc)["site"]),
+        # Each site's label image, inside the output folder (site_labels: the one naming).
+        labels=lambda wc: [site_labels(wc.plate, wc.well, s) for s in well_sites(wc)["site"]],
         channels=CHANNELS,
         page_order=config["images"]["page_order"],
         voxel_size=config["voxel_size"],
@@ -135,3 +137,27 @@ rule score_segmentation:
         ),
     script:
         "../scripts/score_segmentation.py"
+
+
+rule segmentation_qc:
+    """Cells and foreground per site of a plate; sites far off the plate's flagged by name."""
+    input:
+        lambda wc: [f"results/segment/{wc.plate}/{w}" for w in WELLS[WELLS.plate == wc.plate].well],
+    output:
+        "results/segmentation/qc/{plate}.parquet",
+    log:
+        "logs/segmentation_qc/{plate}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        sites=lambda wc: SAMPLES[SAMPLES.plate == wc.plate][["plate", "well", "site"]].to_dict("records"),
+        labels=lambda wc: [
+            site_labels(r.plate, r.well, r.site) for r in SAMPLES[SAMPLES.plate == wc.plate].itertuples()
+        ],
+        max_z=config["segmentation"]["qc"]["max_robust_z"],
+    script:
+        "../scripts/segmentation_qc.py"

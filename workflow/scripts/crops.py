@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from gradcamo.crops import SiteFiles, write_well_store
 from gradcamo.logs import log_to
 
@@ -16,6 +17,13 @@ sites = [
     for row, image in zip(rows, sm.input.images)
 ]
 metadata = {k: rows[0][k] for k in ("plate", "well", "treatment", "concentration", "control")}
+qc = pd.read_parquet(sm.input.segmentation_qc)
+flagged = qc[qc.flagged & (qc.well == metadata["well"])]
+for row in flagged.itertuples(index=False):
+    log.warning("site %s is flagged by the segmentation QC: %s", row.site, row.reason)
+if settings["filters"]["drop_flagged_sites"] and len(flagged):
+    sites = [s for s in sites if s.site not in set(flagged.site)]
+    log.warning("crops.filters.drop_flagged_sites: dropped site(s) %s", ", ".join(map(str, flagged.site)))
 reference = json.loads(Path(sm.input.bounds).read_text())
 norm = settings["normalization"]
 summary = write_well_store(

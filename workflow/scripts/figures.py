@@ -79,14 +79,10 @@ pool = cells[cells["Metadata_Split"] == "test"]
 if not np.isfinite(pool["Metadata_GradCAMO"]).any():
     pool = cells
 lowest, highest = figures.select_extremes(pool["Metadata_GradCAMO"].to_numpy(), params.gallery_cells)
-crop_stores = {
-    (Path(p).parent.parent.name, Path(p).parent.name): Path(p).parent for p in snakemake.input.crop_stores
-}
-cam_files = (
-    {(Path(p).parent.name, Path(p).name.removesuffix(".cams.npy")): p for p in snakemake.input.cams}
-    if "cams" in snakemake.input.keys()
-    else None
-)
+# Inputs are listed in the order of params.wells (the rule's contract, no path parsing).
+wells = [(w["plate"], w["well"]) for w in params.wells]
+crop_stores = {key: Path(p).parent for key, p in zip(wells, snakemake.input.crop_stores)}
+cam_files = dict(zip(wells, snakemake.input.cams)) if "cams" in snakemake.input.keys() else None
 figures.save_figure(
     figures.cam_gallery_figure(
         figures.read_gallery_cells(pool.iloc[lowest], crop_stores, cam_files),

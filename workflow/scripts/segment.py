@@ -1,6 +1,7 @@
 """Segment every site of one well with Cellpose 3: results/segment/{plate}/{well}/site{site}.tif."""
 
 import time
+from pathlib import Path
 
 import torch
 from gradcamo.devices import choose_device, device_name
@@ -27,7 +28,7 @@ voxel_z, voxel_y, _ = sm.params.voxel_size
 
 with atomic_path(sm.output[0]) as tmp:
     tmp.mkdir()
-    for site, path in zip(sm.params.sites, sm.input.images):
+    for site, path, labels_path in zip(sm.params.sites, sm.input.images, sm.params.labels):
         tic = time.perf_counter()
         zstack = read_zstack(path, len(channels), sm.params.page_order)
         labels = segment_zstack(
@@ -42,7 +43,7 @@ with atomic_path(sm.output[0]) as tmp:
             min_size=settings["min_size"],
             anisotropy=voxel_z / voxel_y,
         )
-        write_labels(tmp / f"site{site}.tif", labels)
+        write_labels(tmp / Path(labels_path).relative_to(sm.output[0]), labels)
         log.info(
             "site %s: %d cells, ZCYX %s, %.1f s", site, labels.max(), zstack.shape, time.perf_counter() - tic
         )

@@ -169,3 +169,46 @@ def plot_channel_correlation(
     ax.set_title(f"Plate {plate}: channel correlation over {n_voxels:,} cell voxels")
     figure.colorbar(shown, ax=ax, label="Pearson r")
     figure.savefig(path, dpi=150, format="png")
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """``(x - median) / (1.4826 MAD)`` of ``values`` (a normal SD for normal data); where
+    the MAD is 0 (identical values), 10 % of the median stands in, so only real departures
+    score high."""
+    values = np.asarray(values, np.float64)
+    median = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - median))
+    scale = mad if mad > 0 else max(0.1 * abs(median), 1e-12)
+    return (values - median) / scale
+
+
+def flag_segmentations(sites: pd.DataFrame, max_z: float) -> pd.DataFrame:
+    """Flag the sites of a plate whose segmentation is far off the plate's.
+
+    ``sites``: one row per site with ``n_cells`` and ``foreground`` (share of voxels in a
+    cell). Adds ``z_cells``, ``z_foreground`` (:func:`robust_z` within the plate),
+    ``flagged`` (either beyond ``max_z``) and ``reason``. A field without cells segmented as
+    hundreds of noise "cells", or an empty well, stands out here before it is trained on.
+    """
+    out = sites.copy()
+    out["z_cells"] = robust_z(out["n_cells"])
+    out["z_foreground"] = robust_z(out["foreground"])
+    reasons = []
+    for row in out.itertuples(index=False):
+        parts = [
+            f"{name} {value:g} vs plate median {median:g} (robust z {z:+.1f})"
+            for name, value, median, z in (
+                ("cells", row.n_cells, out["n_cells"].median(), row.z_cells),
+                (
+                    "foreground",
+                    round(row.foreground, 3),
+                    round(out["foreground"].median(), 3),
+                    row.z_foreground,
+                ),
+            )
+            if abs(z) > max_z
+        ]
+        reasons.append("; ".join(parts))
+    out["reason"] = reasons
+    out["flagged"] = out["reason"] != ""
+    return out
