@@ -8,6 +8,10 @@ CORES ?= all
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.snakemake/cache/numba
 export MPLCONFIGDIR ?= $(CURDIR)/.snakemake/cache/matplotlib
 export CELLPOSE_LOCAL_MODELS_PATH ?= $(CURDIR)/resources/cellpose_models
+# Snakemake keeps a source cache under $XDG_CACHE_HOME (default ~/.cache) and fails with a bare
+# NotADirectoryError before reading the workflow when that is not a writable folder.
+XDG_CACHE_HOME ?= $(shell d="$${HOME}/.cache"; (mkdir -p "$$d" 2>/dev/null && [ -w "$$d" ]) && echo "$$d" || echo "$(CURDIR)/.snakemake/cache/xdg")
+export XDG_CACHE_HOME
 
 .PHONY: setup demo demo-confounded report test bench validate lint clean
 
