@@ -8,6 +8,8 @@ data so activations have realistic magnitudes), the same batch and the same devi
   ours+audit       what the profile stage does per batch: ours, plus the counterfactual
                    audit (the crops with the cell, and with its context, replaced by a
                    neutral fill on the CPU, and one eval forward of each)
+  ixg, ixg+audit   the same with input x gradient (profile.cam_method's default): the
+                   backward runs through the whole network, down to the input
   monai/cell       the paper's setup (pytorch-grad-cam's per-image loop), with MONAI's
                    GradCAM: one library call per cell (full forward + full backward each),
                    plus a separate batched inference forward for the embedding
@@ -53,7 +55,7 @@ from gradcamo.model import build_model
 from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 
-METHODS = ("ours", "ours+audit", "monai/cell", "monai/batch", "floor")
+METHODS = ("ours", "ours+audit", "ixg", "ixg+audit", "monai/cell", "monai/batch", "floor")
 
 
 def realistic_model(crop_shape, n_classes=3, seed=0) -> torch.nn.Module:
@@ -81,15 +83,15 @@ def make_method(name: str, model: torch.nn.Module, layer: str):
         hook.remove()
         return pooled["out"].flatten(1)
 
-    if name == "ours":
-        profiler = GradCamProfiler(model, layer)
+    if name in ("ours", "ixg"):
+        profiler = GradCamProfiler(model, layer, "gradcam" if name == "ours" else "input_x_gradient")
 
         def run(x):
             out = profiler(x)
             return upsample_cam(out["cam"], x.shape[2:]), out["embedding"]
 
-    elif name == "ours+audit":
-        profiler = GradCamProfiler(model, layer)
+    elif name in ("ours+audit", "ixg+audit"):
+        profiler = GradCamProfiler(model, layer, "gradcam" if name == "ours+audit" else "input_x_gradient")
         fill = torch.randn(10_000, 5, generator=torch.Generator().manual_seed(2)).numpy()
 
         def run(x):
