@@ -68,7 +68,7 @@ def test_bundled_dataset_regenerates_exactly(tmp_path, bundled_sheet, bundled):
 def test_sheet_layout(bundled_sheet):
     sheet = bundled_sheet
     assert tuple(sheet.columns) == SHEET_COLUMNS
-    assert len(sheet) == 2 * 8 * 2
+    assert len(sheet) == 2 * 8 * 3  # plates x wells x sites
     assert sheet.equals(sheet.sort_values(["plate", "well", "site"], ignore_index=True))
     for plate, wells in sheet.groupby("plate"):
         assert sorted(wells["well"].unique()) == sorted(WELLS)
@@ -93,7 +93,7 @@ def test_sheet_layout(bundled_sheet):
 
 def test_bundled_size_fits_the_repository():
     total = sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file())
-    assert total <= 9 * 2**20
+    assert total <= 13 * 2**20  # 48 sites: about 12.1 MiB
 
 
 def test_images_and_labels_shape_and_content(bundled):
@@ -110,8 +110,8 @@ def test_images_and_labels_shape_and_content(bundled):
         for sl in ndimage.find_objects(labels):
             if sl[1].start > 0 and sl[2].start > 0 and sl[1].stop < ny and sl[2].stop < nx:
                 height = (sl[0].stop - sl[0].start) * dz
-                assert height < (sl[1].stop - sl[1].start) * dy, row.image
-                assert height < (sl[2].stop - sl[2].start) * dx, row.image
+                width = max((sl[1].stop - sl[1].start) * dy, (sl[2].stop - sl[2].start) * dx)
+                assert height < width, row.image
         # Every channel stains cells: their mean stands out of the background's noise.
         inside = labels > 0
         for c in range(len(CHANNELS)):
@@ -187,7 +187,12 @@ def test_confounder_lives_outside_cells_and_encodes_treatment(bundled, confounde
         inside = np.broadcast_to((labels > 0)[:, None], image.shape)
         np.testing.assert_array_equal(conf_image[inside], image[inside])
         changed = conf_image != image
-        assert changed.any()
+        assert changed.any() == (row.treatment != CONTROL), "debris in treated wells only"
+        code = list(params.effects).index(row.treatment)
+        for bit, c in enumerate(conf_channels):  # the treatment's code, bit by bit
+            assert changed[:, c].any() == bool(code & (1 << bit)), (row.treatment, CHANNELS[c])
+        # Debris is local: specks, not a change of the whole background.
+        assert changed[:, conf_channels].mean() < 0.2
         assert not changed[:, [c for c in range(len(CHANNELS)) if c not in conf_channels]].any()
         background = labels == 0
         clean_stats.append([image[:, c][background].mean() for c in conf_channels])
@@ -203,7 +208,8 @@ def test_confounder_lives_outside_cells_and_encodes_treatment(bundled, confounde
     for k in range(len(conf_channels)):
         conf = explained_variance(np.array(conf_stats)[:, k])
         clean = explained_variance(np.array(clean_stats)[:, k])
-        assert conf > 0.9 and conf > clean
+        # Local specks move a site's background mean less than a global offset did (> 0.9).
+        assert conf > 0.8 and conf > clean + 0.5
 
 
 def test_sites_are_seeded_and_order_independent():
