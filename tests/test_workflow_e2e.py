@@ -40,7 +40,7 @@ def test_qc_for_every_well(project, wells):
     for plate, well in zip(wells.plate, wells.well):
         qc = pd.read_parquet(project / f"results/qc/{plate}/{well}.parquet")
         assert set(qc.channel) == {"DNA", "ER", "RNA", "AGP", "Mito"}
-        assert qc.Metadata_Site.nunique() == 2
+        assert qc.Metadata_Site.nunique() == 3
         assert ((qc.saturated_fraction >= 0) & (qc.saturated_fraction <= 1)).all()
         assert all(len(f) >= 12 for f in qc.focus_per_z)
     for plate in wells.plate.unique():
