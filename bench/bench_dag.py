@@ -59,6 +59,7 @@ def screen(folder: Path, plates: int) -> Path:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["samples"] = "config/samples.tsv"
     config["segmentation"]["model"] = "cyto3"  # no annotated sites needed for a dry run
+    config["segmentation"]["train"]["sites"] = []
     (folder / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return folder
 
