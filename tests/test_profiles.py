@@ -19,7 +19,7 @@ from gradcamo.profiles import (
     empty_profile_table,
     feature_columns,
     profile_store,
-    profile_table,
+    profile_table_of,
     target_class_index,
     well_split,
     write_profile_table,
@@ -71,19 +71,7 @@ def run_well(store, checkpoint, target="predicted", batch_size=4, cams=None, fil
     check_store_matches(meta, store, checkpoint)
     profiler = GradCamProfiler(model, "_blocks.1")  # 4×8×8 maps at this crop size
     result = profile_store(profiler, store, target, batch_size, "cpu", cams, fill=fill, cell_margin=1, seed=0)
-    table = profile_table(
-        store.cells,
-        "test",
-        result["embedding"],
-        result["probabilities"],
-        result["scores"],
-        meta["classes"],
-        result["attention"],
-        result["uniform"],
-        result.get("audit"),
-        result["background"],
-        store.channels,
-    )
+    table = profile_table_of(result, store.cells, "test", meta["classes"], store.channels)
     return model, result, table
 
 

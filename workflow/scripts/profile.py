@@ -16,7 +16,7 @@ from gradcamo.profiles import (
     UNIFORM_COLUMN,
     check_store_matches,
     profile_store,
-    profile_table,
+    profile_table_of,
     target_class_index,
     well_split,
     write_profile_table,
@@ -77,19 +77,7 @@ def run(cams_out=None):
         cell_margin=sm.params.cell_margin,
         seed=sm.params.fill_seed,
     )
-    table = profile_table(
-        store.cells,
-        row["split"],
-        result["embedding"],
-        result["probabilities"],
-        result["scores"],
-        meta["classes"],
-        result["attention"],
-        result["uniform"],
-        result.get("audit"),
-        result["background"],
-        sm.params.channels,
-    )
+    table = profile_table_of(result, store.cells, row["split"], meta["classes"], sm.params.channels)
     write_profile_table(table, sm.output.table)
     return table
 

@@ -146,6 +146,25 @@ def profile_table(
     return pd.concat([metadata, ours, features], axis=1)
 
 
+def profile_table_of(
+    result: dict, cells: pd.DataFrame, split: str, classes: Sequence[str], channels: Sequence[str]
+) -> pd.DataFrame:
+    """:func:`profile_table` of what :func:`profile_store` returned for a well."""
+    return profile_table(
+        cells,
+        split,
+        result["embedding"],
+        result["probabilities"],
+        result["scores"],
+        classes,
+        result["attention"],
+        result["uniform"],
+        result.get("audit"),
+        result["background"],
+        channels,
+    )
+
+
 def empty_profile_table(
     cells: pd.DataFrame,
     split: str,
