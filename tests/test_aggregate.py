@@ -10,7 +10,7 @@ import pytest
 from gradcamo.aggregate import PROFILE_ROW, feature_columns, read_profile_tables, well_profiles
 from gradcamo.errors import InputError
 from gradcamo.evaluation import activity_table
-from gradcamo.sphering import fit_sphering, sphere_profiles
+from gradcamo.sphering import Sphering, fit_sphering, sphere_profiles
 from gradcamo.summary import gradcamo_statistics, summary
 from pycytominer import normalize
 from synthetic_profiles import CONTROL, WELLS, feature_names, write_profiles
@@ -257,3 +257,14 @@ def test_summary_is_complete_json(cells_and_empty):
         "test/gradcamo_above",
         "test/gradcamo_below",
     }
+
+
+def test_a_fitted_sphering_saves_and_loads_to_the_same_transform(tmp_path):
+    rng = np.random.default_rng(0)
+    controls = rng.normal(size=(40, 6)) @ rng.normal(size=(6, 6))
+    fitted = fit_sphering(controls, 1e-6, "ZCA-cor")
+    fitted.save(tmp_path / "cell_sphering.npz")
+    loaded = Sphering.load(tmp_path / "cell_sphering.npz")
+    assert (loaded.method, loaded.n_fit, loaded.rank) == (fitted.method, fitted.n_fit, fitted.rank)
+    x = rng.normal(size=(5, 6))
+    np.testing.assert_array_equal(loaded.transform(x), fitted.transform(x))

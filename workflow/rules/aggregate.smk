@@ -7,6 +7,8 @@ AGGREGATE_TABLES = {
     "wells_sphered": "results/aggregate/wells_sphered.parquet",
     "map": "results/aggregate/map.parquet",
     "summary": AGGREGATE_SUMMARY,
+    # The ZCA fit on the control cells, applied by the figures too (fitted once).
+    "cell_sphering": "results/aggregate/cell_sphering.npz",
 }
 FIGURES = {
     "umap_cells": "results/figures/umap_cells.png",
@@ -61,6 +63,7 @@ rule aggregate:
             caption="../report/summary.rst",
             category="Tables",
         ),
+        cell_sphering=AGGREGATE_TABLES["cell_sphering"],
     log:
         "logs/aggregate.log",
     conda:
@@ -90,6 +93,7 @@ rule figures:
         wells_sphered=AGGREGATE_TABLES["wells_sphered"],
         map=AGGREGATE_TABLES["map"],
         summary=AGGREGATE_TABLES["summary"],
+        cell_sphering=AGGREGATE_TABLES["cell_sphering"],
         history="results/train/history.tsv",
         crop_stores=expand_wells("results/crops/{plate}/{well}/store.json"),
         crop_images=expand_wells("results/crops/{plate}/{well}/images.npy"),

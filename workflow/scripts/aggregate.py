@@ -55,6 +55,7 @@ info = summary(
 )
 
 out = snakemake.output
+cell_sphering.save(out.cell_sphering)
 for table, path in (
     (cells, out.cells),
     (wells, out.wells),

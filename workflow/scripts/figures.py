@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from gradcamo import figures  # noqa: E402
 from gradcamo.aggregate import feature_columns  # noqa: E402
-from gradcamo.sphering import apply_sphering, fit_control_sphering  # noqa: E402
+from gradcamo.sphering import Sphering, apply_sphering  # noqa: E402
 from gradcamo.summary import attention_shares  # noqa: E402
 
 params, out = snakemake.params, snakemake.output
@@ -36,9 +36,7 @@ cells = pd.read_parquet(snakemake.input.cells)
 threshold = params.gradcamo_threshold
 
 # UMAP of held-out cells, sphered on the control cells (all splits).
-sphering = fit_control_sphering(
-    cells, params.control, params.sphering_epsilon, params.sphering_method, "cells"
-)
+sphering = Sphering.load(snakemake.input.cell_sphering)  # the aggregate stage's fit
 test = cells[cells["Metadata_Split"] == "test"]
 keep = figures.subsample(len(test), params.umap_max_cells, params.umap["seed"])
 test = apply_sphering(test.iloc[keep], sphering)

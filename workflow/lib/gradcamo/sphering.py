@@ -13,6 +13,7 @@ checks it against pycytominer).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 from gradcamo.aggregate import control_mask, feature_columns, metadata_columns
 from gradcamo.errors import InputError
+from gradcamo.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,33 @@ class Sphering:
     method: str
     n_fit: int
     rank: int
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the transform as ``.npz`` (atomically), so that every stage applies the
+        one fit instead of fitting again."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                mean=self.mean,
+                scale=self.scale,
+                matrix=self.matrix,
+                method=self.method,
+                n_fit=self.n_fit,
+                rank=self.rank,
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Sphering":
+        """Read a transform written by :meth:`save`."""
+        with np.load(path) as saved:
+            return cls(
+                mean=saved["mean"],
+                scale=saved["scale"],
+                matrix=saved["matrix"],
+                method=str(saved["method"]),
+                n_fit=int(saved["n_fit"]),
+                rank=int(saved["rank"]),
+            )
 
     def transform(self, features: np.ndarray, block_rows: int = 8192) -> np.ndarray:
         """Sphere ``(N, D)`` features; returns ``(N, D)`` float32, in row blocks to bound memory."""
