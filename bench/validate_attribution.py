@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from gradcamo.context import cell_region, replace_region
+from gradcamo.context import context_seeds, replace_context
 from gradcamo.gradcam import INPUT_METHODS, LAYER_METHODS, GradCamProfiler
 from gradcamo.profiles import profile_store
 from gradcamo.store import CropStore, CropStoreWriter
@@ -103,23 +103,16 @@ def cell_context_store(full: Path, out: Path, fill: np.ndarray, margin: int, see
         store.crop_shape,
         {**store.normalization, "context": "cell", "cell_margin": margin},
     )
-    images = np.asarray(store.images, np.float32)
-    masks = np.asarray(store.masks)
-    cells = store.cells
-    for i in range(len(store)):
-        rng = np.random.default_rng(
-            [seed, int(cells["Metadata_Site"].iloc[i]), int(cells["Metadata_ObjectNumber"].iloc[i])]
-        )
-        images[i] = replace_region(images[i], ~cell_region(masks[i], margin), fill, rng)
-    writer.write(images, masks)
+    cells, masks = store.cells, np.asarray(store.masks)
+    seeds = context_seeds(seed, cells["Metadata_Site"], cells["Metadata_ObjectNumber"])
+    writer.write(replace_context(np.asarray(store.images, np.float32), masks, fill, margin, seeds), masks)
     writer.close(cells)
     return out
 
 
 def score_maps(profiler, store, fill, margin) -> dict:
     """Grad-CAMO, its uniform baseline and (with a fill) the audit of every cell of a store."""
-    out = profile_store(profiler, store, "predicted", 64, "cpu", fill=fill, cell_margin=margin)
-    return out
+    return profile_store(profiler, store, "predicted", 64, "cpu", fill=fill, cell_margin=margin)
 
 
 def model_rows(kind, seed, result, wells_store, fills, margin, methods) -> tuple[list, dict]:

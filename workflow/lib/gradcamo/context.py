@@ -107,3 +107,17 @@ def replace_regions(images: np.ndarray, regions: np.ndarray, fill: np.ndarray, s
     for i, seed in enumerate(seeds):
         out[i] = replace_region(images[i], regions[i], fill, np.random.default_rng(seed))
     return out
+
+
+def context_seeds(seed: int, sites: Sequence[int], objects: Sequence[int]) -> list[list[int]]:
+    """Per cell, the seed of its context fill under ``crops.context: cell``:
+    ``(seed, site, object number)``, so a crop does not depend on its neighbours in a block."""
+    return [[int(seed), int(site), int(obj)] for site, obj in zip(sites, objects)]
+
+
+def replace_context(
+    images: np.ndarray, masks: np.ndarray, fill: np.ndarray, margin: int, seeds: Sequence
+) -> np.ndarray:
+    """Crops ``(N, C, Z, Y, X)`` with everything outside the cell of interest (widened by
+    ``margin``, :func:`cell_region`) drawn from ``fill``: ``crops.context: cell``."""
+    return replace_regions(images, ~cell_region(masks, margin), fill, seeds)

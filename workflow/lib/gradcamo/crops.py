@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from skimage.measure import regionprops_table
 
-from gradcamo.context import cell_region, replace_region
+from gradcamo.context import context_seeds, replace_context
 from gradcamo.io import atomic_path, read_labels, read_zstack
 from gradcamo.normalization import normalize, percentile_bounds
 from gradcamo.store import MASK_BACKGROUND, MASK_CELL, MASK_OTHER, CropStoreWriter
@@ -239,11 +239,8 @@ def crop_cells(
         images[(i, slice(None), *dst)] = normalize(channels_first[(slice(None), *src)], bounds)
         masks[(i, *dst)] = cell_mask(labels[src], int(obj))
     if context_fill is not None:
-        sites = cells["Metadata_Site"].to_numpy()
-        for i, obj in enumerate(cells["Metadata_ObjectNumber"]):
-            context = ~cell_region(masks[i], cell_margin)
-            rng = np.random.default_rng([int(seed), int(sites[i]), int(obj)])
-            images[i] = replace_region(images[i], context, context_fill, rng)
+        seeds = context_seeds(seed, cells["Metadata_Site"], cells["Metadata_ObjectNumber"])
+        images = replace_context(images, masks, context_fill, cell_margin, seeds)
     return images, masks
 
 
