@@ -1,5 +1,5 @@
 # gradcamo: the two commands of the README, plus benchmarks.
-#   make demo   set up .venv (pinned), run the workflow on the bundled mini dataset, write report.html
+#   make demo   set up .venv (pinned), run the workflow on the bundled mini dataset (.test/), write .test/report.html
 #   make test   set up .venv (pinned), run the test suite (unit, dry-run, lint, end-to-end)
 VENV ?= .venv
 PYTHON ?= python3
@@ -24,17 +24,18 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
+# The mini dataset's project is .test/ (config/ there; results/, logs/ and report.html land there).
 demo: setup
-	$(BIN)/snakemake --cores $(CORES)
-	$(BIN)/snakemake --report report.html
+	$(BIN)/snakemake --cores $(CORES) --directory .test
+	$(BIN)/snakemake --directory .test --report report.html
 
 # The confounded variant (background correlated with treatment, see README "Mini dataset"),
 # run in its own working directory so its results sit beside, not over, the clean ones.
 demo-confounded: setup
 	$(BIN)/python workflow/scripts/make_mini_dataset.py --confounded --out resources/mini_confounded
-	$(BIN)/snakemake --cores $(CORES) -d results/confounded --configfile config/config.yaml \
+	$(BIN)/snakemake --cores $(CORES) -d .test/confounded --configfile .test/config/config.yaml \
 		--config samples=$(CURDIR)/resources/mini_confounded/samples.tsv
-	$(BIN)/snakemake -d results/confounded --configfile config/config.yaml \
+	$(BIN)/snakemake -d .test/confounded --configfile .test/config/config.yaml \
 		--config samples=$(CURDIR)/resources/mini_confounded/samples.tsv --report report.html
 
 test: setup
@@ -46,7 +47,7 @@ validate: setup
 	$(BIN)/python bench/validate_attribution.py --cores 2
 
 lint: setup
-	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint --directory .test
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/ruff check workflow bench tests
 	$(BIN)/ruff format --check workflow bench tests
@@ -59,4 +60,4 @@ bench: setup
 	$(BIN)/python bench/bench_dag.py
 
 clean:
-	rm -rf results logs report.html
+	rm -rf .test/results .test/logs .test/report.html .test/confounded .test/.snakemake

@@ -56,7 +56,7 @@ def screen(folder: Path, plates: int) -> Path:
                     )
     (folder / "config").mkdir(exist_ok=True)
     pd.DataFrame(rows).to_csv(folder / "config" / "samples.tsv", sep="\t", index=False)
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
     config["samples"] = "config/samples.tsv"
     config["segmentation"]["model"] = "cyto3"  # no annotated sites needed for a dry run
     config["segmentation"]["train"]["sites"] = []

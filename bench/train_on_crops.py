@@ -33,7 +33,7 @@ def parse_override(text: str) -> tuple[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results", help="a workflow run's results folder")
-    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--config", default=".test/config/config.yaml")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(

@@ -2,7 +2,7 @@
 
 One command (``make validate``). On the mini dataset's clean and confounded variants it
 
-1. runs the real workflow (Snakemake, ``.test``-style config from ``config/config.yaml``) up
+1. runs the real workflow (Snakemake, the mini config ``.test/config/config.yaml``) up
    to the crop stores and the well split, once per variant, in ``results/validate/<variant>``;
 2. trains three kinds of model, each over ``--seeds`` training seeds
    (:func:`gradcamo.training.train_classifier`, the ``train`` rule's function):
@@ -246,7 +246,7 @@ def main() -> None:
     for noisy in ("gradcamo.profiles", "gradcamo.training"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(args.cores)
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
     margin, fill_seed = config["crops"]["cell_margin"], config["crops"]["fill"]["seed"]
     methods = [(m, layer) for m in LAYER_METHODS for layer in LAYERS] + [(m, "input") for m in INPUT_METHODS]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -40,12 +40,12 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
 
 
 def write_project(workdir: Path, sheet_rows: list[dict], config_edits: dict | None = None) -> Path:
-    """A Snakemake project folder: config/config.yaml (repo defaults + edits) and samples.tsv."""
+    """A Snakemake project folder: config/config.yaml (the mini config of .test/ + edits) and samples.tsv."""
     import pandas as pd
     import yaml
 
     (workdir / "config").mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
     for dotted, value in (config_edits or {}).items():
         *parents, key = dotted.split(".")
         node = config

@@ -150,9 +150,10 @@ def test_every_config_key_is_documented_and_has_a_default():
     assert len(keys) > 40
     for key in keys:
         assert f"| `{key}` |" in doc, f"config/README.md does not document {key}"
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    for key in keys:
-        node = config
-        for part in key.split("."):
-            assert part in node, f"config/config.yaml lacks {key}"
-            node = node[part]
+    for path in ("config/config.yaml", ".test/config/config.yaml"):
+        config = yaml.safe_load((REPO / path).read_text())
+        for key in keys:
+            node = config
+            for part in key.split("."):
+                assert part in node, f"{path} lacks {key}"
+                node = node[part]

@@ -235,21 +235,10 @@ def test_unknown_treatment_is_an_input_error():
         synthesize_site(np.random.default_rng(0), "Taxol")
 
 
-def test_config_sheet_is_the_bundled_sheet():
-    """config/samples.tsv (the demo's sheet) names the bundled files, row for row."""
-    import pandas as pd
-
-    repo = Path(__file__).resolve().parents[1]
-    bundled = pd.read_csv(repo / "resources/mini/samples.tsv", sep="\t", dtype=str)
-    config = pd.read_csv(repo / "config/samples.tsv", sep="\t", dtype=str)
-    for col in ("image", "labels"):
-        bundled[col] = "../resources/mini/" + bundled[col]
-    pd.testing.assert_frame_equal(config, bundled)
-
-
-def test_the_template_sheet_lists_the_bundled_dataset(bundled_sheet):
-    """config/samples.tsv (make demo's sheet) is the bundled sheet, paths relative to config/."""
-    template = pd.read_csv(ROOT / "config" / "samples.tsv", sep="\t")
+def test_the_test_sheet_lists_the_bundled_dataset(bundled_sheet):
+    """.test/config/samples.tsv (make demo's sheet) is the bundled sheet, paths relative to it."""
+    sheet = pd.read_csv(ROOT / ".test" / "config" / "samples.tsv", sep="\t")
     for column in ("image", "labels"):
-        template[column] = template[column].str.replace("../resources/mini/", "", regex=False)
-    pd.testing.assert_frame_equal(template, bundled_sheet)
+        assert sheet[column].str.startswith("../../resources/mini/").all()
+        sheet[column] = sheet[column].str.replace("../../resources/mini/", "", regex=False)
+    pd.testing.assert_frame_equal(sheet, bundled_sheet)

@@ -50,17 +50,47 @@ def test_dry_run_job_counts(mini_project):
         assert counts.get(rule) == n, f"{rule}: {counts.get(rule)} jobs, expected {n}\n{counts}"
 
 
-def test_default_config_dry_runs_in_repo():
-    """The repository's own config and sheet (the README's `make demo`) form a valid DAG."""
+def test_mini_config_dry_runs_in_repo():
+    """`.test/` (the mini dataset's config and sheet, `make demo`) forms a valid DAG."""
     proc = subprocess.run(
-        [SNAKEMAKE, "-n", "--forceall", "--quiet", "rules"], cwd=REPO, capture_output=True, text=True
+        [SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--directory", ".test"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _job_counts(proc.stdout).get("train") == 1
 
 
+def test_screen_template_dry_runs_on_the_mini_images(tmp_path):
+    """config/config.yaml (the template for a real screen: paper-sized crops, GPU rules, the
+    layer chosen by resolution) is valid and builds the same DAG on the bundled images."""
+    template = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert template["crops"]["shape"] == [21, 128, 128]
+    assert template["profile"]["target_resolution"] is not None
+    assert all(template[rule]["gpu"] == 1 for rule in ("segmentation", "train", "profile"))
+    project = write_project(tmp_path, mini_sheet_rows())  # the mini sheet, absolute paths
+    (project / "config" / "config.yaml").write_text(
+        yaml.safe_dump({**template, "samples": "config/samples.tsv"}, sort_keys=False)
+    )
+    counts = _job_counts(run_snakemake(project, "-n").stdout)
+    assert counts.get("train") == 1 and counts.get("profile") == N_WELLS
+    assert "train_segmentation" not in counts  # cyto3, no training of Cellpose
+
+
+def test_screen_template_sheet_is_refused_by_name_until_edited():
+    """In the repository root the template's example sheet names images that do not exist:
+    the first is refused by sheet line and path before any job."""
+    proc = subprocess.run([SNAKEMAKE, "-n", "--quiet"], cwd=REPO, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "samples.tsv line 2" in out and "/data/screen/Plate01/B02_s1.ome.tif" in out, out[-3000:]
+
+
 def test_lint_is_clean():
-    proc = subprocess.run([SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [SNAKEMAKE, "--lint", "--directory", ".test"], cwd=REPO, capture_output=True, text=True
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "Congratulations, your workflow is in a good condition!" in out, out[-4000:]
