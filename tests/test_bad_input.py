@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import run_snakemake, write_project
+from conftest import REPO, SNAKEMAKE, run_snakemake, write_project
 from gradcamo.crops import SiteFiles, write_well_store
 from gradcamo.errors import InputError
 from gradcamo.io import read_zstack, write_labels, write_zstack
@@ -203,3 +203,37 @@ def test_a_killed_writer_leaves_nothing_that_survives_the_rerun(tmp_path):
         (tmp / "images.npy").write_bytes(b"y")
     assert sorted(p.name for p in target.parent.iterdir()) == ["B02"]
     assert (target / "images.npy").read_bytes() == b"y"
+
+
+def test_make_gives_snakemake_a_writable_cache_when_the_home_has_none(tmp_path):
+    """Snakemake writes a source cache under $XDG_CACHE_HOME (default ~/.cache) before it reads
+    the workflow, and fails with a bare NotADirectoryError where that is a file; the Makefile
+    (the README's commands) then points it into the project, and the run works."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".cache").write_text("a file where a folder should be")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"} | {"HOME": str(home)}
+    proc = subprocess.run(
+        [
+            "make",
+            "-s",
+            "--no-print-directory",
+            "--eval",
+            "print-cache: ; @echo $$XDG_CACHE_HOME",
+            "print-cache",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    cache = proc.stdout.strip()
+    assert proc.returncode == 0 and cache == str(REPO / ".snakemake" / "cache" / "xdg"), proc
+    dry = subprocess.run(
+        [SNAKEMAKE, "-n", "--quiet", "--directory", ".test"],
+        cwd=REPO,
+        env=env | {"XDG_CACHE_HOME": cache},
+        capture_output=True,
+        text=True,
+    )
+    assert dry.returncode == 0, dry.stderr[-3000:]

@@ -118,6 +118,8 @@ def test_every_cell_has_a_profile_and_gradcamo(project, wells):
             ["Metadata_GradCAMO", "Metadata_GradCAM_NeighbourShare", "Metadata_GradCAM_BackgroundShare"]
         ].dropna()
         assert len(shares) >= len(table) - 1
+        log = (project / f"logs/profile/{plate}/{well}.log").read_text()
+        assert "differs" not in log and "WARNING" not in log, log[-2000:]
         np.testing.assert_allclose(shares.sum(axis=1), 1.0, rtol=1e-4)
         masks = np.asarray(store.masks)
         np.testing.assert_allclose(
