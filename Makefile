@@ -13,7 +13,7 @@ export CELLPOSE_LOCAL_MODELS_PATH ?= $(CURDIR)/resources/cellpose_models
 XDG_CACHE_HOME ?= $(shell d="$${HOME}/.cache"; (mkdir -p "$$d" 2>/dev/null && [ -w "$$d" ]) && echo "$$d" || echo "$(CURDIR)/.snakemake/cache/xdg")
 export XDG_CACHE_HOME
 
-.PHONY: setup demo demo-confounded report test bench validate lint clean
+.PHONY: setup demo demo-confounded report test bench bench-loader bench-crops-paper validate lint clean
 
 setup: $(VENV)/.installed
 
@@ -52,7 +52,15 @@ lint: setup
 	$(BIN)/ruff check workflow bench tests
 	$(BIN)/ruff format --check workflow bench tests
 
-bench: setup
+# The training data path at the paper's crop size (5x21x128x128): loader vs model cells/s.
+bench-loader: setup
+	$(BIN)/python bench/bench_loader.py
+
+# The crop stage at the paper's scale: one well of 1,024 cells (4 sites of 256) at 5x21x128x128.
+bench-crops-paper: setup
+	$(BIN)/python bench/bench_crops.py --shape 24 1024 1024 --cell-size 64 --crop 21 128 128 --sites 1 2 4
+
+bench: setup bench-loader bench-crops-paper
 	$(BIN)/python bench/bench_crops.py
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_gradcam.py

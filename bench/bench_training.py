@@ -5,8 +5,9 @@ folder, then measures in one process:
 
 - model: AdamW training steps (forward, backward, step) of a 3D EfficientNet on a batch held
   in memory, in cells per second; on CUDA with mixed precision off and on;
-- loader: the training DataLoader alone (class-balanced draws, lazy memory-mapped reads,
-  augmentation, collation), for 0 and 2 workers, in cells per second;
+- loader: the training data path alone (bench_loader.loader_cells_per_second: class-balanced
+  draws, float16 reads from the memory maps; augmentation runs on the device), for 0 and 2
+  workers, in cells per second;
 - ratio: loader / model (the loader should feed at least 2× what the model consumes).
 
 Usage: .venv/bin/python bench/bench_training.py [--cells 512] [--variant b0] [--batch 32]
@@ -23,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_table
 from gradcamo.devices import autocast_dtype
 from gradcamo.model import build_model
 from gradcamo.store import CropStoreWriter
@@ -88,29 +88,6 @@ def model_cells_per_second(variant, crop_shape, batch, device, amp, steps, norm)
     return steps * batch / (time.perf_counter() - start)
 
 
-def loader_cells_per_second(wells, batch, num_workers, device, epochs=2) -> float:
-    stores, cells = cell_table(wells)
-    labels = cells["treatment"].str[1:].astype(int).to_numpy()
-    augmentation = Augmentation(intensity_jitter=0.1)
-    data = CropCells(stores, cells["store"], cells["row"], labels, augmentation, seed=0)
-    n_draws = (len(data) // batch) * batch
-    seen = 0
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        loader = torch.utils.data.DataLoader(
-            data,
-            batch_size=batch,
-            sampler=BalancedDraws(labels, n_draws, 0, epoch),
-            drop_last=True,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-        )
-        for images, _ in loader:
-            images.to(device, non_blocking=True)
-            seen += len(images)
-    return seen / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=512)
@@ -143,11 +120,13 @@ def main() -> None:
         model_speed[name] = model_cells_per_second(
             args.variant, crop_shape, args.batch, device, amp, args.steps, args.norm
         )
+    from bench_loader import loader_cells_per_second  # it imports this module's helpers
+
     loader_speed = {}
     with tempfile.TemporaryDirectory() as tmp:
         wells = write_stores(Path(tmp), args.cells, crop_shape)
         for workers in args.workers:
-            loader_speed[workers] = loader_cells_per_second(wells, args.batch, workers, device)
+            loader_speed[workers] = loader_cells_per_second(wells, args.batch, workers, device)[0]
 
     # The loader must keep up with the fastest way the model is trained.
     fastest = max(model_speed.values())

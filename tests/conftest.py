@@ -39,6 +39,39 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
     return proc
 
 
+def slurm_cluster() -> bool:
+    """Whether the SLURM tests run: ``GRADCAMO_TEST_SLURM=1`` (``.ci/run`` sets it after
+    ``.ci/slurm-cluster.sh up``) and ``sinfo`` answers. Opt-in, so that ``make test`` on a
+    login node never submits to a real cluster."""
+    if os.environ.get("GRADCAMO_TEST_SLURM") != "1":
+        return False
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+def slurm_profile(folder: Path) -> Path:
+    """``profiles/slurm`` as CI runs it: the shipped profile without its conda keys, with
+    ``.ci/slurm-overlay.yaml`` merged on top (dicts key by key), written to ``folder``."""
+    import yaml
+
+    def merge(base: dict, top: dict) -> dict:
+        out = dict(base)
+        for key, value in top.items():
+            out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        return out
+
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    for key in ("software-deployment-method", "conda-frontend"):
+        profile.pop(key)
+    overlay = yaml.safe_load((REPO / ".ci" / "slurm-overlay.yaml").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(merge(profile, overlay), sort_keys=False))
+    return folder
+
+
 def write_project(workdir: Path, sheet_rows: list[dict], config_edits: dict | None = None) -> Path:
     """A Snakemake project folder: config/config.yaml (the mini config of .test/ + edits) and samples.tsv."""
     import pandas as pd
@@ -109,6 +142,20 @@ def tiny_sheet(tiny_images) -> list[dict]:
 def tiny_config() -> dict:
     """Config edits that make the tiny sheet valid (train segmentation on its sites)."""
     return {"segmentation.train.sites": ["P1/B02/1", "P1/B03/1"]}
+
+
+@pytest.fixture(scope="session")
+def mini_run(tmp_path_factory) -> Path:
+    """The whole workflow on the bundled mini dataset, once per session: through
+    ``profiles/slurm`` (:func:`slurm_profile`) where a SLURM cluster is up (CI), else locally
+    on 2 cores. The end-to-end tests read what it wrote; the SLURM tests check how it ran."""
+    workdir = write_project(tmp_path_factory.mktemp("mini-run"), mini_sheet_rows())
+    if slurm_cluster():
+        profile = slurm_profile(tmp_path_factory.mktemp("slurm-profile"))
+        run_snakemake(workdir, "--profile", str(profile), timeout=3000)
+    else:
+        run_snakemake(workdir, "--cores", "2")
+    return workdir
 
 
 def mini_sheet_rows() -> list[dict]:

@@ -18,7 +18,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from gradcamo.data import Augmentation, BalancedDraws, CropCells, augment, cell_table
+from gradcamo.data import (
+    Augmentation,
+    BalancedDraws,
+    CropCells,
+    as_batch,
+    augment,
+    augment_batch,
+    augment_params,
+    cell_table,
+)
 from gradcamo.devices import choose_device
 from gradcamo.errors import InputError
 from gradcamo.metrics import classification_metrics
@@ -228,13 +237,38 @@ def test_dataset_reads_lazily_and_workers_do_not_change_batches(wells):
 
     def batches(num_workers):
         draws = BalancedDraws(data.labels, 32, seed=3, epoch=2)
-        loader = torch.utils.data.DataLoader(data, batch_size=8, sampler=draws, num_workers=num_workers)
-        return [(x.numpy(), y.numpy()) for x, y in loader]
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=8, sampler=draws, num_workers=num_workers, collate_fn=as_batch
+        )
+        return [tuple(t.numpy() for t in (b.images, *b.to(torch.device("cpu")))) for b in loader]
 
     serial, parallel = batches(0), batches(2)
-    for (xs, ys), (xp, yp) in zip(serial, parallel, strict=True):
+    for (raw_s, xs, ys), (raw_p, xp, yp) in zip(serial, parallel, strict=True):
+        assert raw_s.dtype == np.float16  # the CPU side moves crops as stored
+        np.testing.assert_array_equal(raw_s, raw_p)
         np.testing.assert_array_equal(xs, xp)
         np.testing.assert_array_equal(ys, yp)
+    # Each draw of a batch, augmented after the transfer, is the CPU reference's to the bit.
+    draws = list(BalancedDraws(data.labels, 32, seed=3, epoch=2))
+    reference = np.stack([data[key][0].numpy() for key in draws[:8]])
+    np.testing.assert_array_equal(serial[0][1], reference)
+
+
+@pytest.mark.parametrize("flip_z,jitter,shape", [(False, 0.1, (3, 4, 6, 6)), (True, 0.0, (2, 5, 4, 7))])
+def test_augment_batch_is_the_reference_augment_to_the_bit(flip_z, jitter, shape):
+    """The device-side augmentation (torch, any device) equals the NumPy reference draw by
+    draw, with and without square planes (quarter vs half turns) and jitter."""
+    augmentation = Augmentation(flip_z=flip_z, intensity_jitter=jitter)
+    images = np.random.default_rng(0).random((16, *shape)).astype(np.float16)
+    square = shape[-1] == shape[-2]
+    params = np.stack(
+        [augment_params(np.random.default_rng([5, 1, d]), augmentation, shape[0], square) for d in range(16)]
+    )
+    assert set(params[:, 3]) <= ({0, 1, 2, 3} if square else {0, 2})
+    batch = augment_batch(torch.from_numpy(images), torch.from_numpy(params)).numpy()
+    for d in range(16):
+        expected = augment(images[d].astype(np.float32), np.random.default_rng([5, 1, d]), augmentation)
+        np.testing.assert_array_equal(batch[d], expected)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -1,6 +1,7 @@
 """The whole workflow, for real, on the bundled mini dataset: raw z-stacks to report.
 
-One Snakemake run (module-scoped) in a temporary project; the tests read what it wrote.
+One Snakemake run (session-scoped, conftest.mini_run: through profiles/slurm where a SLURM
+cluster is up, as in CI, else local) in a temporary project; the tests read what it wrote.
 Real Cellpose training and segmentation, real PyTorch training, real Grad-CAM.
 """
 
@@ -12,17 +13,16 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import mini_sheet_rows, run_snakemake, write_project
+from conftest import mini_sheet_rows, run_snakemake
 from gradcamo.store import CropStore
 
 pytestmark = pytest.mark.workflow
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    workdir = write_project(tmp_path_factory.mktemp("mini-run"), mini_sheet_rows())
-    run_snakemake(workdir, "--cores", "2")
-    return workdir
+def project(mini_run):
+    """The session's run of the mini workflow (conftest.mini_run: SLURM in CI, else local)."""
+    return mini_run
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,29 +44,70 @@ class Augmentation:
     intensity_jitter: float
 
 
-def augment(image: np.ndarray, rng: np.random.Generator, augmentation: Augmentation) -> np.ndarray:
-    """One random, biology-preserving transform of a ``(C, Z, Y, X)`` crop.
+def augment_params(
+    rng: np.random.Generator, augmentation: Augmentation, n_channels: int, square: bool
+) -> np.ndarray:
+    """One draw's transform as ``(4 + C,)`` float32: flip X, flip Y, flip Z (0/1), quarter
+    turns in the YX plane, then the C channel gains (1 without jitter).
 
-    Hand-written with NumPy rather than MONAI's random transforms: those keep one RandomState
-    per transform object, whereas here every draw derives its own generator from
+    The numbers are drawn in a fixed order from ``rng`` (one generator per draw, seeded by
+    (seed, epoch, draw)), so the transform of a draw is the same in any worker and on any
+    device; :func:`augment_batch` applies them.
+    """
+    flip_x = rng.random() < 0.5
+    flip_y = rng.random() < 0.5
+    flip_z = bool(augmentation.flip_z) and rng.random() < 0.5
+    quarter_turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
+    j = augmentation.intensity_jitter
+    gain = rng.uniform(1 - j, 1 + j, size=n_channels) if j > 0 else np.ones(n_channels)
+    return np.concatenate([[flip_x, flip_y, flip_z, quarter_turns], gain.astype(np.float32)]).astype(
+        np.float32
+    )
+
+
+def augment_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Apply each cell's :func:`augment_params` to a batch ``images`` (N, C, Z, Y, X), on
+    whatever device the batch is (the data path moves crops as float16 and augments after
+    the transfer). ``params``: ``(N, 4 + C)``. Returns float32 (N, C, Z, Y, X).
+
+    Flips and quarter turns permute voxels, and the gain is one float32 product per voxel,
+    so the result is bit-identical to :func:`augment` of the same draw on the CPU.
+    """
+    images = images.float()
+    params = params.to(images.device)
+    flips = params[:, :4].round().long().tolist()
+    out = []
+    for image, (flip_x, flip_y, flip_z, turns) in zip(images, flips):
+        dims = [d for d, flip in ((3, flip_x), (2, flip_y), (1, flip_z)) if flip]
+        if dims:
+            image = torch.flip(image, dims)
+        if turns % 4:
+            image = torch.rot90(image, turns, dims=(2, 3))
+        out.append(image)
+    gain = params[:, 4:].float().view(*params.shape[:1], -1, 1, 1, 1)
+    return torch.stack(out) * gain
+
+
+def augment(image: np.ndarray, rng: np.random.Generator, augmentation: Augmentation) -> np.ndarray:
+    """One random, biology-preserving transform of a ``(C, Z, Y, X)`` crop, on the CPU: the
+    reference :func:`augment_batch` is checked against, and what single items return.
+
+    Hand-written rather than MONAI's random transforms: those keep one RandomState per
+    transform object, whereas here every draw derives its own generator from
     (seed, epoch, draw) -- what makes augmentation independent of worker scheduling.
     """
+    params = augment_params(rng, augmentation, image.shape[0], image.shape[-1] == image.shape[-2])
+    flip_x, flip_y, flip_z, turns = (int(round(v)) for v in params[:4])
     out = image
-    if rng.random() < 0.5:
+    if flip_x:
         out = out[:, :, :, ::-1]
-    if rng.random() < 0.5:
+    if flip_y:
         out = out[:, :, ::-1, :]
-    if augmentation.flip_z and rng.random() < 0.5:
+    if flip_z:
         out = out[:, ::-1, :, :]
-    square = out.shape[-1] == out.shape[-2]
-    quarter_turns = int(rng.integers(4)) if square else 2 * int(rng.integers(2))
-    out = np.rot90(out, k=quarter_turns, axes=(2, 3))
+    out = np.rot90(out, k=turns, axes=(2, 3))
     out = np.ascontiguousarray(out, dtype=np.float32)
-    j = augmentation.intensity_jitter
-    if j > 0:
-        gain = rng.uniform(1 - j, 1 + j, size=(out.shape[0], 1, 1, 1)).astype(np.float32)
-        out = out * gain  # not in place: ``out`` may still be the caller's array
-    return out
+    return out * params[4:].reshape(-1, 1, 1, 1)  # not in place: ``out`` may be the caller's
 
 
 def cell_table(wells: pd.DataFrame) -> tuple[list[Path], pd.DataFrame]:
@@ -164,6 +205,8 @@ class CropCells(Dataset):
         return images
 
     def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        """One cell: ``(image (C, Z, Y, X) float32, label)``, augmented on the CPU for a
+        training key (the reference path; the loaders fetch batches, :meth:`__getitems__`)."""
         if isinstance(key, tuple):
             epoch, draw, i = key
         else:
@@ -174,6 +217,57 @@ class CropCells(Dataset):
             rng = np.random.default_rng([self.seed, epoch, draw])
             image = augment(image, rng, self.augmentation)
         return torch.from_numpy(image), int(self.labels[i])
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int, int]]) -> CellBatch:
+        """A batch as the data path moves it: the crops as stored (float16, N×C×Z×Y×X, read
+        cell by cell in store and row order, one copy each from the memory maps), labels,
+        and each training draw's :func:`augment_params` for :func:`augment_batch` to apply
+        on the device after the transfer. Evaluation keys (integers) get no parameters."""
+        cells = np.asarray([k[2] if isinstance(k, tuple) else k for k in keys], dtype=np.int64)
+        stores, rows = self.store_index[cells], self.row[cells]
+        first = self._images(int(stores[0]))
+        shape = (len(cells), *first.shape[1:])
+        images = torch.empty(shape, dtype=torch.float16)
+        if torch.utils.data.get_worker_info() is not None:
+            images = images.share_memory_()  # filled in place, sent to the main process as is
+        out = images.numpy()
+        for pos in np.lexsort((rows, stores)):  # store by store, rows ascending: sequential reads
+            out[pos] = self._images(int(stores[pos]))[rows[pos]]
+        labels = torch.from_numpy(self.labels[cells])
+        if self.augmentation is None or not isinstance(keys[0], tuple):
+            return CellBatch(images, labels, torch.zeros((len(cells), 0)))
+        square = shape[-1] == shape[-2]
+        params = np.stack(
+            [
+                augment_params(
+                    np.random.default_rng([self.seed, epoch, draw]), self.augmentation, shape[1], square
+                )
+                for epoch, draw, _ in keys
+            ]
+        )
+        return CellBatch(images, labels, torch.from_numpy(params))
+
+
+class CellBatch(NamedTuple):
+    """What a loader yields: ``images`` (N, C, Z, Y, X) as stored (float16), ``labels`` (N,)
+    int64, ``params`` (N, 4 + C) float32 augmentation parameters, or (N, 0) for none."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    params: torch.Tensor
+
+    def to(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images float32, labels)`` on ``device``, augmented there if it has parameters."""
+        images = self.images.to(device, non_blocking=True)
+        labels = self.labels.to(device, non_blocking=True)
+        if self.params.shape[1]:
+            return augment_batch(images, self.params), labels
+        return images.float(), labels
+
+
+def as_batch(batch: CellBatch) -> CellBatch:
+    """The loaders' ``collate_fn``: :meth:`CropCells.__getitems__` already made the batch."""
+    return batch
 
 
 class BalancedDraws(Sampler):

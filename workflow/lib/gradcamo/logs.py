@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ def log_to(path: str | os.PathLike, level: int = logging.INFO) -> logging.Logger
 
     Standard error is redirected to the file (line-buffered), so tqdm progress and an
     uncaught exception's traceback end up in the job's log, as a cluster user expects.
+    The first line says where the job runs: the host and, inside a SLURM job, its job id
+    and partition (what a cluster user greps for, and what the SLURM test checks).
     Returns the ``gradcamo`` logger.
     """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -25,4 +28,16 @@ def log_to(path: str | os.PathLike, level: int = logging.INFO) -> logging.Logger
         force=True,
     )
     logging.captureWarnings(True)
-    return logging.getLogger("gradcamo")
+    log = logging.getLogger("gradcamo")
+    log.info("running on %s", where())
+    return log
+
+
+def where() -> str:
+    """``"host <name>, SLURM job <id> (partition <p>)"`` inside a SLURM job, else ``"host
+    <name>, outside SLURM"``."""
+    host = socket.gethostname()
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return f"host {host}, outside SLURM"
+    return f"host {host}, SLURM job {job} (partition {os.environ.get('SLURM_JOB_PARTITION', '?')})"

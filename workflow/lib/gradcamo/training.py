@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_table, check_stores
+from gradcamo.data import Augmentation, BalancedDraws, CropCells, as_batch, cell_table, check_stores
 from gradcamo.devices import autocast_dtype, reproducible
 from gradcamo.errors import InputError
 from gradcamo.io import atomic_path
@@ -150,7 +150,7 @@ def evaluation_batch_size(batch_size: int) -> int:
     return max(64, 2 * batch_size)
 
 
-def _loader(
+def cell_loader(
     dataset: CropCells,
     batch_size: int,
     num_workers: int,
@@ -159,7 +159,15 @@ def _loader(
     sampler: BalancedDraws | None = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    # An explicit generator keeps the DataLoader from drawing on torch's global RNG.
+    """The data path of training and evaluation: batches of :class:`gradcamo.data.CellBatch`.
+
+    The CPU side (the main process or ``num_workers`` workers) only reads and stacks the
+    float16 crops (:meth:`CropCells.__getitems__`), pinned on CUDA; ``batch.to(device)``
+    converts to float32 and applies each draw's augmentation on the device. An explicit
+    generator keeps the DataLoader from drawing on torch's global RNG.
+    """
+    # Batches come whole from CropCells.__getitems__ (float16 as stored, augmentation
+    # parameters beside them); CellBatch.to moves and augments them on the device.
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -167,6 +175,7 @@ def _loader(
         shuffle=False,
         drop_last=drop_last,
         num_workers=num_workers,
+        collate_fn=as_batch,
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(seed),
     )
@@ -188,9 +197,8 @@ def train_one_epoch(
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     lr = optimizer.param_groups[0]["lr"]
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+    for batch in loader:
+        images, labels = batch.to(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(images)
             loss = nn.functional.cross_entropy(logits, labels)
@@ -236,9 +244,10 @@ def refresh_batch_norm(
         norm.momentum = None  # cumulative average over the batches
         norm.train()
     drop_last = len(dataset) >= batch_size
-    for images, _ in _loader(dataset, batch_size, 0, device, seed=0, drop_last=drop_last):
+    for batch in cell_loader(dataset, batch_size, 0, device, seed=0, drop_last=drop_last):
+        images, _ = batch.to(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            model(images.to(device, non_blocking=True))
+            model(images)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.train(was_training)
@@ -256,9 +265,10 @@ def predict(
     """Logits ``(N, num_classes)`` float32 of every cell of ``dataset`` (eval mode, as stored)."""
     model.eval()
     out = []
-    for images, _ in _loader(dataset, batch_size, num_workers, device, seed=0):
+    for batch in cell_loader(dataset, batch_size, num_workers, device, seed=0):
+        images, _ = batch.to(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(images.to(device, non_blocking=True))
+            logits = model(images)
         out.append(logits.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model._fc.out_features), np.float32)
 
@@ -431,7 +441,7 @@ def _fit(
             break
         start = time.perf_counter()
         draws = BalancedDraws(train_data.labels, draws_per_epoch, settings.seed, epoch)
-        loader = _loader(
+        loader = cell_loader(
             train_data,
             settings.batch_size,
             settings.num_workers,
