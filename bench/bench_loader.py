@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from bench_training import CHANNELS, model_cells_per_second, write_stores
 from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_table
@@ -85,5 +85,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
+    # 4 workers on a 2-core machine is the point of one row, not a mistake to warn about.
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
     main()

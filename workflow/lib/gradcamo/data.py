@@ -227,10 +227,16 @@ class CropCells(Dataset):
         stores, rows = self.store_index[cells], self.row[cells]
         first = self._images(int(stores[0]))
         shape = (len(cells), *first.shape[1:])
-        images = torch.empty(shape, dtype=torch.float16)
         if torch.utils.data.get_worker_info() is not None:
-            images = images.share_memory_()  # filled in place, sent to the main process as is
-        out = images.numpy()
+            # Filled in place in shared memory, so the batch goes to the main process as is.
+            images = torch.empty(shape, dtype=torch.float16).share_memory_()
+            out = images.numpy()
+        else:
+            # NumPy's allocator reuses the previous batch's freed memory; a fresh torch.empty
+            # of this size maps new pages, and faulting them in halved the copy's speed
+            # (2.0 vs 4.5 GB/s for 32 cells of 5x21x128x128 here).
+            out = np.empty(shape, dtype=np.float16)
+            images = torch.from_numpy(out)
         for pos in np.lexsort((rows, stores)):  # store by store, rows ascending: sequential reads
             out[pos] = self._images(int(stores[pos]))[rows[pos]]
         labels = torch.from_numpy(self.labels[cells])
