@@ -124,7 +124,7 @@ def test_deterministic_tables_equal_a_local_run(mini_run, tmp_path):
     SLURM run's labels and model, equal the SLURM run's (arrays to the bit, Parquet tables
     as frames). Two copies of the finished project: in one the upstream stages run again
     (their outputs are newer than the model, so nothing downstream may run there); in the
-    other only profile and aggregate, on the run's own crops and model."""
+    other only profile (4 of the wells) and aggregate, on the run's own crops and model."""
     wells = sorted(
         p.relative_to(mini_run / "results/crops").parts for p in (mini_run / "results/crops").glob("*/*/")
     )
@@ -141,12 +141,13 @@ def test_deterministic_tables_equal_a_local_run(mini_run, tmp_path):
         "results/split/wells.tsv",
     )
     downstream = _copy(mini_run, tmp_path / "downstream")
+    some = wells[::4]  # 4 of the 16 wells: profiling is the slow part, and every well is alike
     run_snakemake(
         downstream,
         "--cores",
         "2",
         "--force",
-        *[f"results/profiles/{p}/{w}.parquet" for p, w in wells],
+        *[f"results/profiles/{p}/{w}.parquet" for p, w in some],
         "results/aggregate/cells.parquet",
     )
     assert not (downstream / "logs/train.log").exists(), "train ran again"
