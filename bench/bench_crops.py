@@ -67,6 +67,12 @@ def run_one(folder: Path, n_sites: int, crop) -> dict:
         {"plate": "P1", "well": "B02", "treatment": "DMSO"},
         CHANNELS,
         crop,
+        normalization={
+            "scope": "site",
+            "reference": "all",
+            "lower_percentile": 1.0,
+            "upper_percentile": 99.8,
+        },
     )
     seconds = time.perf_counter() - tic
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
