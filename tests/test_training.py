@@ -52,7 +52,18 @@ TRAIN_CONFIG = {
     "seed": 0,
     "num_workers": 0,
     "mixed_precision": True,
-    "augment": {"flip_z": False, "intensity_jitter": 0.1},
+    "augment": {
+        "flip_z": False,
+        "intensity_jitter": 0.1,
+        "context_swap": {"probability": 0.0, "margin": 2},
+    },
+    "attention_penalty": {
+        "weight": 0.0,
+        "method": "input_x_gradient",
+        "target_layer": "_blocks.2",
+        "target_resolution": None,
+        "dilation": 2,
+    },
     "gpu": 0,
 }
 

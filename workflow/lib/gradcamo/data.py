@@ -22,8 +22,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
+from gradcamo.context import cell_region
 from gradcamo.errors import InputError
-from gradcamo.store import CropStore
+from gradcamo.store import MASK_CELL, MASK_OTHER, CropStore
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,16 @@ def augment_params(
     )
 
 
+def _oriented(volume: torch.Tensor, flip_x: int, flip_y: int, flip_z: int, turns: int) -> torch.Tensor:
+    """One crop's flips and quarter turns; ``volume`` is ``(..., Z, Y, X)``."""
+    dims = [d for d, flip in ((-1, flip_x), (-2, flip_y), (-3, flip_z)) if flip]
+    if dims:
+        volume = torch.flip(volume, dims)
+    if turns % 4:
+        volume = torch.rot90(volume, turns, dims=(-2, -1))
+    return volume
+
+
 def augment_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """Apply each cell's :func:`augment_params` to a batch ``images`` (N, C, Z, Y, X), on
     whatever device the batch is (the data path moves crops as float16 and augments after
@@ -76,16 +87,32 @@ def augment_batch(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     images = images.float()
     params = params.to(images.device)
     flips = params[:, :4].round().long().tolist()
-    out = []
-    for image, (flip_x, flip_y, flip_z, turns) in zip(images, flips):
-        dims = [d for d, flip in ((3, flip_x), (2, flip_y), (1, flip_z)) if flip]
-        if dims:
-            image = torch.flip(image, dims)
-        if turns % 4:
-            image = torch.rot90(image, turns, dims=(2, 3))
-        out.append(image)
+    out = torch.stack([_oriented(image, *flip) for image, flip in zip(images, flips)])
     gain = params[:, 4:].float().view(*params.shape[:1], -1, 1, 1, 1)
-    return torch.stack(out) * gain
+    return out * gain
+
+
+def augment_masks(masks: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """The flips and quarter turns of :func:`augment_batch` applied to the crops' masks
+    ``(N, Z, Y, X)``, so each mask stays on its augmented crop."""
+    flips = params[:, :4].round().long().tolist()
+    return torch.stack([_oriented(mask, *flip) for mask, flip in zip(masks, flips)])
+
+
+@dataclass(frozen=True)
+class ContextSwap:
+    """Context swapping, an augmentation that takes a shortcut out of the data.
+
+    With ``probability``, a training draw's context -- everything outside its cell of
+    interest widened by ``margin`` voxels (:func:`gradcamo.context.cell_region`) -- is
+    replaced by the same voxels of another training cell's crop, drawn uniformly (so its
+    treatment is independent of the draw's). The cell keeps its own voxels; neighbours,
+    background and padding come from the other crop, whose own cell becomes a neighbour.
+    Whatever the context carries about the treatment then no longer predicts the label.
+    """
+
+    probability: float
+    margin: int
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, augmentation: Augmentation) -> np.ndarray:
@@ -156,6 +183,10 @@ class CropCells(Dataset):
     augmentation, seed: used for training draws; an item key ``(epoch, draw, i)`` returns
         cell ``i`` augmented with a generator seeded by ``(seed, epoch, draw)``. A plain
         integer key returns the cell unchanged (evaluation).
+    context_swap: swap training draws' contexts (:class:`ContextSwap`), each decided and
+        its other cell drawn by a generator seeded by ``(seed, epoch, draw, 1)``.
+    with_masks: batches carry the crops' masks (N×Z×Y×X uint8; what the training penalty
+        needs), swapped and augmented with their crops.
     """
 
     def __init__(
@@ -166,6 +197,8 @@ class CropCells(Dataset):
         labels: Sequence[int],
         augmentation: Augmentation | None = None,
         seed: int = 0,
+        context_swap: ContextSwap | None = None,
+        with_masks: bool = False,
     ) -> None:
         self.stores = [Path(p) for p in stores]
         self.store_index = np.asarray(store_index, dtype=np.int64)
@@ -175,7 +208,9 @@ class CropCells(Dataset):
             raise ValueError("store_index, row and labels must have the same length")
         self.augmentation = augmentation
         self.seed = int(seed)
-        self._open: dict[int, np.ndarray] = {}
+        self.context_swap = context_swap if context_swap and context_swap.probability > 0 else None
+        self.with_masks = bool(with_masks)
+        self._open: dict[tuple[int, str], np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -190,6 +225,8 @@ class CropCells(Dataset):
             self.labels[cells],
             self.augmentation,
             self.seed,
+            self.context_swap,
+            self.with_masks,
         )
 
     def __getstate__(self) -> dict:
@@ -198,11 +235,35 @@ class CropCells(Dataset):
         state["_open"] = {}
         return state
 
+    def _array(self, number: int, name: str) -> np.ndarray:
+        """The memory-mapped ``images`` or ``masks`` of store ``number``, opened once."""
+        array = self._open.get((number, name))
+        if array is None:
+            array = self._open[number, name] = getattr(CropStore.open(self.stores[number]), name)
+        return array
+
     def _images(self, number: int) -> np.ndarray:
-        images = self._open.get(number)
-        if images is None:
-            images = self._open[number] = CropStore.open(self.stores[number]).images
-        return images
+        return self._array(number, "images")
+
+    def _read(self, cells: np.ndarray, name: str) -> torch.Tensor:
+        """``images`` (float16) or ``masks`` (uint8) of ``cells`` as one tensor, read store by
+        store in row order (sequential reads), one copy each from the memory maps."""
+        stores, rows = self.store_index[cells], self.row[cells]
+        first = self._array(int(stores[0]), name)
+        shape = (len(cells), *first.shape[1:])
+        if torch.utils.data.get_worker_info() is not None:
+            # Filled in place in shared memory, so the batch goes to the main process as is.
+            tensor = torch.empty(shape, dtype=torch.from_numpy(first[:0]).dtype).share_memory_()
+            out = tensor.numpy()
+        else:
+            # NumPy's allocator reuses the previous batch's freed memory; a fresh torch.empty
+            # of this size maps new pages, and faulting them in halved the copy's speed
+            # (2.0 vs 4.5 GB/s for 32 cells of 5x21x128x128 here).
+            out = np.empty(shape, dtype=first.dtype)
+            tensor = torch.from_numpy(out)
+        for pos in np.lexsort((rows, stores)):
+            out[pos] = self._array(int(stores[pos]), name)[rows[pos]]
+        return tensor
 
     def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
         """One cell: ``(image (C, Z, Y, X) float32, label)``, augmented on the CPU for a
@@ -224,43 +285,59 @@ class CropCells(Dataset):
         and each training draw's :func:`augment_params` for :func:`augment_batch` to apply
         on the device after the transfer. Evaluation keys (integers) get no parameters."""
         cells = np.asarray([k[2] if isinstance(k, tuple) else k for k in keys], dtype=np.int64)
-        stores, rows = self.store_index[cells], self.row[cells]
-        first = self._images(int(stores[0]))
-        shape = (len(cells), *first.shape[1:])
-        if torch.utils.data.get_worker_info() is not None:
-            # Filled in place in shared memory, so the batch goes to the main process as is.
-            images = torch.empty(shape, dtype=torch.float16).share_memory_()
-            out = images.numpy()
-        else:
-            # NumPy's allocator reuses the previous batch's freed memory; a fresh torch.empty
-            # of this size maps new pages, and faulting them in halved the copy's speed
-            # (2.0 vs 4.5 GB/s for 32 cells of 5x21x128x128 here).
-            out = np.empty(shape, dtype=np.float16)
-            images = torch.from_numpy(out)
-        for pos in np.lexsort((rows, stores)):  # store by store, rows ascending: sequential reads
-            out[pos] = self._images(int(stores[pos]))[rows[pos]]
+        training = isinstance(keys[0], tuple)
+        images = self._read(cells, "images")
+        swap = self.context_swap is not None and training
+        masks = self._read(cells, "masks") if self.with_masks or swap else None
+        if swap:
+            self._swap_contexts(images.numpy(), masks.numpy(), keys)
         labels = torch.from_numpy(self.labels[cells])
-        if self.augmentation is None or not isinstance(keys[0], tuple):
-            return CellBatch(images, labels, torch.zeros((len(cells), 0)))
-        square = shape[-1] == shape[-2]
+        masks = masks if self.with_masks else None
+        out = images.numpy()
+        if self.augmentation is None or not training:
+            return CellBatch(images, labels, torch.zeros((len(cells), 0)), masks)
+        square = out.shape[-1] == out.shape[-2]
         params = np.stack(
             [
                 augment_params(
-                    np.random.default_rng([self.seed, epoch, draw]), self.augmentation, shape[1], square
+                    np.random.default_rng([self.seed, epoch, draw]), self.augmentation, out.shape[1], square
                 )
                 for epoch, draw, _ in keys
             ]
         )
-        return CellBatch(images, labels, torch.from_numpy(params))
+        return CellBatch(images, labels, torch.from_numpy(params), masks)
+
+    def _swap_contexts(
+        self, images: np.ndarray, masks: np.ndarray, keys: Sequence[tuple[int, int, int]]
+    ) -> None:
+        """:class:`ContextSwap` in place on a batch as stored (before augmentation):
+        ``images`` (N, C, Z, Y, X) float16, ``masks`` (N, Z, Y, X) uint8."""
+        swap = self.context_swap
+        donors = []
+        for pos, (epoch, draw, cell) in enumerate(keys):
+            rng = np.random.default_rng([self.seed, epoch, draw, 1])
+            if len(self) > 1 and rng.random() < swap.probability:  # another cell, never itself
+                donors.append((pos, (cell + 1 + int(rng.integers(len(self) - 1))) % len(self)))
+        if not donors:
+            return
+        at, other = (np.asarray(v, dtype=np.int64) for v in zip(*donors))
+        other_images = self._read(other, "images").numpy()
+        other_masks = self._read(other, "masks").numpy()
+        own = cell_region(masks[at], swap.margin)  # (n, Z, Y, X)
+        images[at] = np.where(own[:, None], images[at], other_images)
+        neighbours = np.where(other_masks == MASK_CELL, MASK_OTHER, other_masks)
+        masks[at] = np.where(own, masks[at], neighbours)
 
 
 class CellBatch(NamedTuple):
     """What a loader yields: ``images`` (N, C, Z, Y, X) as stored (float16), ``labels`` (N,)
-    int64, ``params`` (N, 4 + C) float32 augmentation parameters, or (N, 0) for none."""
+    int64, ``params`` (N, 4 + C) float32 augmentation parameters, or (N, 0) for none, and
+    ``masks`` (N, Z, Y, X) uint8 when the dataset was asked for them (else None)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     params: torch.Tensor
+    masks: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images float32, labels)`` on ``device``, augmented there if it has parameters."""
@@ -269,6 +346,17 @@ class CellBatch(NamedTuple):
         if self.params.shape[1]:
             return augment_batch(images, self.params), labels
         return images.float(), labels
+
+    def to_with_masks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(images float32, labels, masks uint8)`` on ``device``, the masks oriented as
+        their augmented crops."""
+        if self.masks is None:
+            raise ValueError("this batch has no masks: make its CropCells with with_masks=True")
+        images, labels = self.to(device)
+        masks = self.masks.to(device, non_blocking=True)
+        if self.params.shape[1]:
+            masks = augment_masks(masks, self.params.to(device))
+        return images, labels, masks
 
 
 def as_batch(batch: CellBatch) -> CellBatch:

@@ -89,39 +89,76 @@ def efficientnet_steps(model: EfficientNet) -> list[Step]:
     return steps
 
 
-def _run(steps: Sequence[Step], x: torch.Tensor) -> torch.Tensor:
+def layer_names(model: EfficientNet) -> list[str]:
+    """The names of the model's sequential layers, input side first (``_conv_stem`` ...
+    ``_blocks.6`` ... ``_avg_pooling`` is unnamed): the choices of a target layer."""
+    return [name for names, _ in efficientnet_steps(model) for name in names]
+
+
+def split_steps(model: EfficientNet, target_layer: str) -> tuple[list[Step], list[Step]]:
+    """``(trunk, tail)``: the steps up to and including ``target_layer``, and the rest.
+
+    ``target_layer`` ``"input"`` gives an empty trunk (the input-level methods). Running the
+    trunk, then the tail, then ``model._fc(model._dropout(...flatten(1)))`` is the model's
+    forward pass (in either mode). Raises :class:`InputError` for an unknown layer name.
+    """
+    steps = efficientnet_steps(model)
+    if target_layer == "input":
+        return [], steps
+    at = [k for k, (names, _) in enumerate(steps) if target_layer in names]
+    if not at:
+        raise InputError(
+            f"Grad-CAM target layer {target_layer!r} is not one of the model's sequential "
+            f"layers: {', '.join(layer_names(model))}"
+        )
+    return steps[: at[0] + 1], steps[at[0] + 1 :]
+
+
+def run_steps(steps: Sequence[Step], x: torch.Tensor) -> torch.Tensor:
+    """Chain ``steps`` (:func:`efficientnet_steps`) on ``x``."""
     for _, step in steps:
         x = step(x)
     return x
 
 
-def attribution_map(method: str, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    """The map of ``method`` from a layer's (or the input's) activations and gradients.
+def signed_attribution_map(method: str, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """The map of ``method`` before its final rectification: ``(N, Z', Y', X')``.
 
-    ``activations``, ``gradients``: ``(N, K, Z', Y', X')``; returns ``(N, Z', Y', X')``,
-    non-negative. Grad-CAM++ leaves out MONAI's ``exp(score)`` factor on the gradients: a
-    positive constant per cell, which scales its map and changes no share of it.
+    ``activations``, ``gradients``: ``(N, K, Z', Y', X')``. For the layer methods this is the
+    weighted sum over channels, of either sign (Grad-CAM's map is its ReLU); for
+    ``input_x_gradient`` it is already ``sum_c |x_c ⊙ g_c|``. Differentiable, so the
+    training penalty (:mod:`gradcamo.penalty`) can back-propagate through it; Grad-CAM++
+    leaves out MONAI's ``exp(score)`` factor on the gradients: a positive constant per cell,
+    which scales its map and changes no share of it.
     """
     a, g = activations, gradients
     if method == "gradcam":
-        cam = torch.einsum("nk,nk...->n...", g.flatten(2).mean(2), a)
-    elif method == "gradcampp":
+        return torch.einsum("nk,nk...->n...", g.flatten(2).mean(2), a)
+    if method == "gradcampp":
         spatial = (1,) * (g.ndim - 2)
         numerator = g.pow(2)
         denominator = 2 * numerator + (a * g.pow(3)).flatten(2).sum(2).view(*g.shape[:2], *spatial)
         denominator = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
         alpha = numerator / (denominator + 1e-7)
         weights = (alpha * F.relu(g)).flatten(2).sum(2)
-        cam = torch.einsum("nk,nk...->n...", weights, a)
-    elif method == "hirescam":
-        cam = (g * a).sum(1)
-    elif method == "layercam":
-        cam = (F.relu(g) * a).sum(1)
-    elif method == "input_x_gradient":
+        return torch.einsum("nk,nk...->n...", weights, a)
+    if method == "hirescam":
+        return (g * a).sum(1)
+    if method == "layercam":
+        return (F.relu(g) * a).sum(1)
+    if method == "input_x_gradient":
         return (g * a).abs().sum(1)
-    else:
-        raise ValueError(f"unknown attribution method {method!r}; one of {', '.join(METHODS)}")
-    return F.relu(cam)
+    raise ValueError(f"unknown attribution method {method!r}; one of {', '.join(METHODS)}")
+
+
+def attribution_map(method: str, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """The map of ``method`` from a layer's (or the input's) activations and gradients.
+
+    ``activations``, ``gradients``: ``(N, K, Z', Y', X')``; returns ``(N, Z', Y', X')``,
+    non-negative: the ReLU of :func:`signed_attribution_map` (a no-op for
+    ``input_x_gradient``, non-negative already).
+    """
+    return F.relu(signed_attribution_map(method, activations, gradients))
 
 
 def map_shapes(model: EfficientNet, crop_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
@@ -183,22 +220,13 @@ class GradCamProfiler:
     ) -> None:
         if method not in METHODS:
             raise InputError(f"attribution method {method!r} is not one of {', '.join(METHODS)}")
-        steps = efficientnet_steps(model)
-        self.target_layers = [name for names, _ in steps for name in names]
+        self.target_layers = layer_names(model)
         self.model = model.eval()
         self.method = method
         if method in INPUT_METHODS:  # differentiate the whole network, down to the input
-            self.target_layer, self._trunk, self._tail = "input", [], steps
-            return
-        at = [k for k, (names, _) in enumerate(steps) if target_layer in names]
-        if not at:
-            raise InputError(
-                f"Grad-CAM target layer {target_layer!r} is not one of the model's sequential "
-                f"layers: {', '.join(self.target_layers)}"
-            )
+            target_layer = "input"
         self.target_layer = target_layer
-        self._trunk = steps[: at[0] + 1]
-        self._tail = steps[at[0] + 1 :]
+        self._trunk, self._tail = split_steps(model, target_layer)
 
     def __call__(self, x: torch.Tensor, target: str | torch.Tensor = "predicted") -> dict[str, torch.Tensor]:
         """Profile a batch ``x`` (N×C×Z×Y×X).
@@ -211,10 +239,10 @@ class GradCamProfiler:
         if self.model.training:
             raise RuntimeError("the model must stay in eval mode (BatchNorm couples the batch)")
         with torch.no_grad():
-            acts = _run(self._trunk, x)
+            acts = run_steps(self._trunk, x)
         acts = acts.detach().requires_grad_(True)
         with torch.enable_grad():
-            embedding = _run(self._tail, acts).flatten(1)
+            embedding = run_steps(self._tail, acts).flatten(1)
             logits = self.model._fc(self.model._dropout(embedding))
             if isinstance(target, str):
                 if target != "predicted":

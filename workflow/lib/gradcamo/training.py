@@ -16,9 +16,17 @@ metrics per split. Training
   data continues from it, and on the CPU ends bitwise-identical to an uninterrupted run.
   A state made with other settings or data is ignored (with a warning): training restarts.
 
-History columns: ``train_loss`` / ``train_accuracy`` over the epoch's augmented training
-draws (training mode), ``val_loss`` / ``val_accuracy`` over the validation cells (evaluation
-mode, NaN without validation cells), ``learning_rate`` of the epoch's last step, ``seconds``.
+With ``train.attention_penalty.weight`` > 0 the loss adds the weighted share of each
+training draw's attribution map outside its cell (:mod:`gradcamo.penalty`); with
+``train.augment.context_swap`` draws' contexts come from other cells
+(:class:`gradcamo.data.ContextSwap`).
+
+History columns: ``train_loss`` (cross-entropy) / ``train_accuracy`` over the epoch's
+augmented training draws (training mode); ``train_penalty`` (the penalty before its weight,
+mean over draws), ``penalty_share_of_loss`` (weighted penalty / total loss, summed over the
+epoch) and ``penalty_zero_maps`` (draws whose map was zero everywhere), NaN with the penalty
+off; ``val_loss`` / ``val_accuracy`` over the validation cells (evaluation mode, NaN without
+validation cells), ``learning_rate`` of the epoch's last step, ``seconds``.
 """
 
 from __future__ import annotations
@@ -38,12 +46,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gradcamo.data import Augmentation, BalancedDraws, CropCells, as_batch, cell_table, check_stores
+from gradcamo.data import (
+    Augmentation,
+    BalancedDraws,
+    ContextSwap,
+    CropCells,
+    as_batch,
+    cell_table,
+    check_stores,
+)
 from gradcamo.devices import autocast_dtype, reproducible
 from gradcamo.errors import InputError
 from gradcamo.io import atomic_path
 from gradcamo.metrics import classification_metrics, loss_and_accuracy
 from gradcamo.model import build_model, save_checkpoint, set_drop_connect_rate
+from gradcamo.penalty import PENALTY_METHODS, AttentionPenalty, PenalisedModel
 from gradcamo.resume import (
     RESUME_FORMAT,
     Progress,
@@ -61,6 +78,9 @@ HISTORY_COLUMNS = (
     "epoch",
     "train_loss",
     "train_accuracy",
+    "train_penalty",
+    "penalty_share_of_loss",
+    "penalty_zero_maps",
     "val_loss",
     "val_accuracy",
     "learning_rate",
@@ -92,17 +112,29 @@ class TrainSettings:
     mixed_precision: bool
     drop_connect_rate: float
     augmentation: Augmentation
+    context_swap: ContextSwap
+    attention_penalty: AttentionPenalty
 
     @classmethod
     def from_config(cls, train: Mapping[str, Any]) -> "TrainSettings":
         """Read the ``train`` config section (schema-validated, so with every default filled
         in: the schema is the one home of the defaults); resource keys (gpu, threads, ...)
         are ignored."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "augmentation"]
+        sections = ("augmentation", "context_swap", "attention_penalty")
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in sections]
         augment = train.get("augment") or {}
-        missing = [name for name in names if name not in train] + [
-            f"augment.{name}" for name in ("flip_z", "intensity_jitter") if name not in augment
-        ]
+        swap = augment.get("context_swap") or {}
+        penalty = train.get("attention_penalty") or {}
+        missing = (
+            [name for name in names if name not in train]
+            + [f"augment.{name}" for name in ("flip_z", "intensity_jitter") if name not in augment]
+            + [f"augment.context_swap.{name}" for name in ("probability", "margin") if name not in swap]
+            + [
+                f"attention_penalty.{f.name}"
+                for f in dataclasses.fields(AttentionPenalty)
+                if f.name not in penalty
+            ]
+        )
         if missing:
             raise InputError(f"config section train lacks key(s) {', '.join(missing)}")
         settings = cls(
@@ -111,7 +143,22 @@ class TrainSettings:
                 flip_z=bool(augment["flip_z"]),
                 intensity_jitter=float(augment["intensity_jitter"]),
             ),
+            context_swap=ContextSwap(probability=float(swap["probability"]), margin=int(swap["margin"])),
+            attention_penalty=AttentionPenalty(
+                weight=float(penalty["weight"]),
+                method=str(penalty["method"]),
+                target_layer=str(penalty["target_layer"]),
+                target_resolution=(
+                    None if penalty["target_resolution"] is None else int(penalty["target_resolution"])
+                ),
+                dilation=int(penalty["dilation"]),
+            ),
         )
+        if settings.attention_penalty.method not in PENALTY_METHODS:
+            raise InputError(
+                f"config key train.attention_penalty.method is {settings.attention_penalty.method!r}, "
+                f"not one of {', '.join(PENALTY_METHODS)}"
+            )
         if settings.batch_size < 2:
             raise InputError("config key train.batch_size must be at least 2 (batch norm)")
         if settings.epochs < 1 or settings.patience < 1:
@@ -184,6 +231,21 @@ def cell_loader(
 # --------------------------------------------------------------------------- loops
 
 
+@dataclass
+class EpochStats:
+    """What one training pass measured: mean cross-entropy ``loss`` and ``accuracy`` over the
+    draws, the last ``learning_rate``; with a penalty, its mean before the weight
+    (``penalty``), the weighted penalty's share of the summed loss (``penalty_share``) and
+    the number of all-zero maps (``zero_maps``), NaN without one."""
+
+    loss: float
+    accuracy: float
+    learning_rate: float
+    penalty: float = float("nan")
+    penalty_share: float = float("nan")
+    zero_maps: float = float("nan")
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -192,18 +254,31 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler,
     device: torch.device,
     amp: torch.dtype | None,
-) -> tuple[float, float, float]:
-    """One pass over the epoch's draws; returns (mean loss, accuracy, last learning rate)."""
+    penalised: PenalisedModel | None = None,
+) -> EpochStats:
+    """One pass over the epoch's draws. ``penalised``: add its attention penalty, weighted,
+    to the cross-entropy (the loader must then yield masks)."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
+    penalty_sum, weighted_sum, total_sum, zero_maps = 0.0, 0.0, 0.0, 0
     lr = optimizer.param_groups[0]["lr"]
     for batch in loader:
-        images, labels = batch.to(device)
+        if penalised is None:
+            images, labels = batch.to(device)
+        else:
+            images, labels, masks = batch.to_with_masks(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(images)
-            loss = nn.functional.cross_entropy(logits, labels)
+            if penalised is None:
+                logits = model(images)
+                loss = nn.functional.cross_entropy(logits, labels)
+                total = loss
+            else:
+                logits, penalty, zero = penalised(images, labels, masks)
+                loss = nn.functional.cross_entropy(logits, labels)
+                weighted = penalised.penalty.weight * penalty.mean()
+                total = loss + weighted
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(total).backward()
         scaler.step(optimizer)
         scaler.update()
         lr = optimizer.param_groups[0]["lr"]
@@ -211,7 +286,17 @@ def train_one_epoch(
         loss_sum += float(loss.detach()) * len(labels)
         correct += int((logits.detach().argmax(1) == labels).sum())
         seen += len(labels)
-    return loss_sum / seen, correct / seen, lr
+        if penalised is not None:
+            penalty_sum += float(penalty.detach().sum())
+            weighted_sum += float(weighted.detach()) * len(labels)
+            total_sum += float(total.detach()) * len(labels)
+            zero_maps += int(zero.sum())
+    stats = EpochStats(loss_sum / seen, correct / seen, lr)
+    if penalised is not None:
+        stats.penalty = penalty_sum / seen
+        stats.penalty_share = weighted_sum / total_sum if total_sum > 0 else 0.0
+        stats.zero_maps = float(zero_maps)
+    return stats
 
 
 @torch.no_grad()
@@ -317,6 +402,8 @@ def train_classifier(
             labels[rows[split]],
             augmentation=settings.augmentation if augmented else None,
             seed=settings.seed,
+            context_swap=settings.context_swap if augmented else None,
+            with_masks=augmented and settings.attention_penalty.active,
         )
 
     extra = {"channels": list(channels), "crop_shape": [int(s) for s in crop_shape]}
@@ -406,6 +493,8 @@ def _fit(
     amp = autocast_dtype(device, settings.mixed_precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     progress = Progress()
+    penalty = settings.attention_penalty
+    penalised = PenalisedModel(model, penalty, penalty.layer(model, crop_shape)) if penalty.active else None
 
     state = load_resume_state(resume_path, key) if resume_path is not None else None
     if state is not None:
@@ -432,6 +521,22 @@ def _fit(
         len(val_data),
         num_classes,
     )
+    if penalised is not None:
+        log.info(
+            "attention penalty: weight %g x %s outside the cell mask widened by %d voxel(s), at %s",
+            penalty.weight,
+            "input gradient² (Right for the Right Reasons)"
+            if penalty.method == "rrr"
+            else f"the share of the {penalty.method} map",
+            penalty.dilation,
+            penalised.layer,
+        )
+    if train_data.context_swap is not None:
+        log.info(
+            "context swap: %.0f %% of draws take another cell's context (cell widened by %d voxel(s))",
+            100 * train_data.context_swap.probability,
+            train_data.context_swap.margin,
+        )
 
     order = np.random.default_rng(settings.seed).permutation(len(train_data))
     bn_data = train_data.subset(np.sort(order[:BATCH_NORM_CELLS]))
@@ -450,21 +555,43 @@ def _fit(
             sampler=draws,
             drop_last=True,
         )
-        train_loss, train_acc, lr = train_one_epoch(model, loader, optimizer, scheduler, scaler, device, amp)
+        stats = train_one_epoch(model, loader, optimizer, scheduler, scaler, device, amp, penalised)
         refresh_batch_norm(model, bn_data, eval_batch, device, amp)
         val_logits = predict(model, val_data, eval_batch, device, amp, settings.num_workers)
         val_loss, val_acc = loss_and_accuracy(val_logits, val_data.labels)
         seconds = time.perf_counter() - start
-        row = (epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds)
+        row = (
+            epoch,
+            stats.loss,
+            stats.accuracy,
+            stats.penalty,
+            stats.penalty_share,
+            stats.zero_maps,
+            val_loss,
+            val_acc,
+            stats.learning_rate,
+            seconds,
+        )
         # Without validation cells every epoch counts as the best: the last one is kept.
         score = (val_acc, -val_loss) if len(val_data) else (float(epoch), 0.0)
         progress.record(dict(zip(HISTORY_COLUMNS, row)), score, model, settings.patience)
+        penalty_text = (
+            f" | penalty {stats.penalty:.4f} ({100 * stats.penalty_share:.1f} % of the loss, "
+            f"{int(stats.zero_maps)} zero maps)"
+            if penalised is not None
+            else ""
+        )
         log.info(
-            "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f | lr %.2e | "
+            "epoch %d/%d  train loss %.4f acc %.3f%s | val loss %.4f acc %.3f | lr %.2e | "
             "%.1f s (%.1f cells/s) | best epoch %d%s",
             epoch,
             settings.epochs,
-            *row[1:6],
+            stats.loss,
+            stats.accuracy,
+            penalty_text,
+            val_loss,
+            val_acc,
+            stats.learning_rate,
             seconds,
             draws_per_epoch / seconds,
             progress.best_epoch,
