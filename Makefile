@@ -41,10 +41,13 @@ demo-confounded: setup
 test: setup
 	$(BIN)/python -m pytest
 
-# The validation study of attribution methods x layers against the counterfactual audit
-# (README "Which map to trust"): about an hour on 2 cores; results/validate/summary.md.
+# The validation studies against the counterfactual audit: attribution methods x layers
+# (README "Which map to trust", about an hour on 2 cores; results/validate/summary.md), then
+# the attention penalty and its baselines (README "Training the model to look at the cell",
+# about five hours on 2 cores; results/validate/penalty_summary.md).
 validate: setup
 	$(BIN)/python bench/validate_attribution.py --cores 2
+	$(BIN)/python bench/validate_penalty.py --cores 2
 
 lint: setup
 	$(BIN)/snakemake --lint --directory .test
@@ -63,6 +66,7 @@ bench-crops-paper: setup
 bench: setup bench-loader bench-crops-paper
 	$(BIN)/python bench/bench_crops.py
 	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_penalty.py
 	$(BIN)/python bench/bench_gradcam.py
 	$(BIN)/python bench/bench_aggregate.py
 	$(BIN)/python bench/bench_dag.py

@@ -1,5 +1,6 @@
-"""The validation study's own pieces (bench/validate_attribution.py; the study itself runs in
-`make validate`, not in CI): the cell-context stores it derives, and its separation figure."""
+"""The validation studies' own pieces (bench/validate_attribution.py, bench/validate_penalty.py;
+the studies themselves run in `make validate`, not in CI): the cell-context stores and the
+shortcut-free counterparts they derive, and the separation figure."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from gradcamo import crops
 from gradcamo.store import CropStore
 from test_crops import CHANNELS, CROP, METADATA, PLATE_SCOPE, cube_labels, write_site
 
-STUDY = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "validate_attribution.py"))
+REPO = Path(__file__).resolve().parents[1]
+STUDY = runpy.run_path(str(REPO / "bench" / "validate_attribution.py"))
+PENALTY_STUDY = runpy.run_path(str(REPO / "bench" / "validate_penalty.py"))
 
 
 def test_cell_context_store_equals_the_crop_stage_with_context_cell(tmp_path):
@@ -53,3 +57,18 @@ def test_separation_is_in_units_of_the_seeds_spread():
         ]
     separation = STUDY["separation"](pd.DataFrame(rows), "share_above_0.5", "confounded", "clean")
     assert separation[("layercam", "_blocks.0")] == pytest.approx(0.4 / 0.1)
+
+
+def test_shortcut_free_counterparts_are_the_workflows_crops_of_the_same_cells(mini_run, tmp_path):
+    """The penalty study crops the clean z-stacks with the confounded run's labels and
+    normalisation. Given the run's own images, that path must give the run's crop store."""
+    split = pd.read_csv(mini_run / "results/split/wells.tsv", sep="\t", dtype=str)
+    test = split[split.split == "test"].head(1)
+    config = yaml.safe_load((mini_run / "config" / "config.yaml").read_text())
+    paths = PENALTY_STUDY["counterpart_stores"](mini_run, REPO / "resources" / "mini", test, config, tmp_path)
+    (plate, well), path = next(iter(paths.items()))
+    got, expected = CropStore.open(path), CropStore.open(mini_run / "results/crops" / plate / well)
+    assert len(got) == len(expected) > 0
+    np.testing.assert_array_equal(got.images, expected.images)
+    np.testing.assert_array_equal(got.masks, expected.masks)
+    pd.testing.assert_frame_equal(got.cells, expected.cells)

@@ -1,0 +1,253 @@
+"""Validation study of the attention penalty: does a penalised model look at the cell?
+
+Part of ``make validate``, after the attribution study (``validate_attribution.py``), whose
+crop stores it reuses (the real workflow on the mini dataset's clean and confounded
+variants, in ``results/validate/<variant>``). For each setting of :data:`SETTINGS` and each
+seed it trains on the confounded variant (:func:`gradcamo.training.train_classifier`, the
+``train`` rule's function) and reports, on the test wells:
+
+- accuracy on the confounded test cells, and on *the same cells without the shortcut*: the
+  clean variant's z-stacks cropped with the confounded run's own labels, normalisation and
+  crop settings (the variants differ only by the debris; same cells, same masks);
+- the audit (:mod:`gradcamo.audit`): mean cell reliance and context reliance;
+- Grad-CAMO's share > 0.5 under the penalised method (``input_x_gradient``) and under a
+  method the model was not trained on (``layercam`` at ``_blocks.0``): a penalised map can
+  be fooled without the model changing (Heo et al., 2019), a held-out map less easily;
+
+and, trained on the clean variant, the test accuracy each setting costs there.
+Writes ``penalty_models.tsv`` (one row per model) and ``penalty_summary.md``.
+
+    .venv/bin/python bench/validate_penalty.py                 # 3 seeds, every setting
+    .venv/bin/python bench/validate_penalty.py --seeds 1 --settings "weight 0" "weight 10"
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from gradcamo.crops import SiteFiles, write_well_store
+from gradcamo.gradcam import GradCamProfiler
+from gradcamo.profiles import profile_store
+from gradcamo.store import CropStore
+from gradcamo.synthetic import write_dataset
+from gradcamo.training import TrainSettings, train_classifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the attribution study's helpers
+from validate_attribution import REPO, crops_and_split, project  # noqa: E402
+
+#: The settings compared, as overrides of the mini config's ``train`` section. RRR's weight
+#: follows Ross et al.: the input-gradient term on the order of the cross-entropy at the
+#: start (about 100-200 per cell on these crops, so 0.01).
+SETTINGS = {
+    "weight 0": {},
+    "weight 0.1": {"attention_penalty": {"weight": 0.1}},
+    "weight 1": {"attention_penalty": {"weight": 1.0}},
+    "weight 10": {"attention_penalty": {"weight": 10.0}},
+    "rrr 0.01": {"attention_penalty": {"weight": 0.01, "method": "rrr"}},
+    "context swap": {"augment": {"context_swap": {"probability": 1.0}}},
+}
+TRAINED_MAP = ("input_x_gradient", "input")
+HELD_OUT_MAP = ("layercam", "_blocks.0")
+log = logging.getLogger("validate_penalty")
+
+
+def merged(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def counterpart_stores(confounded: Path, clean_dataset: Path, split: pd.DataFrame, config: dict, out: Path):
+    """The test wells' crop stores from the clean z-stacks with the confounded run's labels
+    and normalisation: the same cells, the debris shortcut removed."""
+    sheet = pd.read_csv(clean_dataset / "samples.tsv", sep="\t")
+    crops = config["crops"]
+    paths = {}
+    for row in split[split.split == "test"].itertuples(index=False):
+        target = out / row.plate / row.well
+        paths[row.plate, row.well] = target
+        if (target / "store.json").exists():
+            continue
+        sites = sheet[(sheet.plate == row.plate) & (sheet.well == row.well)].sort_values("site")
+        reference = json.loads((confounded / f"results/crops/{row.plate}/normalization.json").read_text())
+        norm = crops["normalization"]
+        write_well_store(
+            target,
+            [
+                SiteFiles(
+                    site=int(s.site),
+                    image=str(clean_dataset / s.image),
+                    labels=str(confounded / f"results/segment/{row.plate}/{row.well}/site{s.site}.tif"),
+                )
+                for s in sites.itertuples(index=False)
+            ],
+            {
+                "plate": row.plate,
+                "well": row.well,
+                **{k: sites.iloc[0][k] for k in ("treatment", "concentration", "control") if k in sites},
+            },
+            config["channels"],
+            crops["shape"],
+            normalization={
+                k: norm[k] for k in ("scope", "reference", "lower_percentile", "upper_percentile")
+            },
+            bounds=None if reference["bounds"] is None else np.asarray(reference["bounds"]),
+            filters=crops["filters"],
+            cell_margin=crops["cell_margin"],
+            seed=crops["fill"]["seed"],
+        )
+    return paths
+
+
+def share_above(profiler, stores) -> float:
+    scores = np.concatenate([profile_store(profiler, s, "predicted", 64, "cpu")["scores"] for s in stores])
+    ok = np.isfinite(scores)
+    return float(np.mean(scores[ok] > 0.5))
+
+
+def evaluate(result, split: pd.DataFrame, fills: dict, margin: int, counterparts: dict | None) -> dict:
+    """Accuracy, the audit and Grad-CAMO of one model on its test wells."""
+    model = result.model.eval()
+    classes = np.asarray(result.meta["classes"])
+    test = split[split.split == "test"]
+    stores = [CropStore.open(p) for p in test.store]
+    truth = np.concatenate([s.cells["Metadata_Treatment"].to_numpy() for s in stores])
+    trained_map = GradCamProfiler(model, TRAINED_MAP[1], TRAINED_MAP[0])
+    audit = [
+        profile_store(trained_map, s, "predicted", 64, "cpu", fill=fills[p], cell_margin=margin)
+        for s, p in zip(stores, test.plate)
+    ]
+    row = {
+        "test_accuracy": float(
+            np.mean(classes[np.concatenate([a["probabilities"].argmax(1) for a in audit])] == truth)
+        ),
+        "cell_reliance": float(np.mean(np.concatenate([a["audit"]["cell"] for a in audit]))),
+        "context_reliance": float(np.mean(np.concatenate([a["audit"]["context"] for a in audit]))),
+        "share_above_0.5_trained_map": float(np.mean(np.concatenate([a["scores"] for a in audit]) > 0.5)),
+        "share_above_0.5_held_out_map": share_above(
+            GradCamProfiler(model, HELD_OUT_MAP[1], HELD_OUT_MAP[0]), stores
+        ),
+    }
+    if counterparts is not None:
+        clean = [CropStore.open(counterparts[p, w]) for p, w in zip(test.plate, test.well)]
+        with torch.no_grad():
+            predicted = np.concatenate(
+                [model(torch.from_numpy(np.asarray(s.images, np.float32))).argmax(1).numpy() for s in clean]
+            )
+        clean_truth = np.concatenate([s.cells["Metadata_Treatment"].to_numpy() for s in clean])
+        row["shortcut_free_accuracy"] = float(np.mean(classes[predicted] == clean_truth))
+    return row
+
+
+def summary_markdown(models: pd.DataFrame) -> str:
+    metrics = {
+        "share_above_0.5_trained_map": "Grad-CAMO > 0.5, input×gradient (penalised map)",
+        "share_above_0.5_held_out_map": "Grad-CAMO > 0.5, LayerCAM _blocks.0 (held out)",
+        "cell_reliance": "cell reliance",
+        "context_reliance": "context reliance",
+        "test_accuracy": "accuracy, confounded test cells",
+        "shortcut_free_accuracy": "accuracy, same cells without the shortcut",
+    }
+    confounded = models[models.variant == "confounded"].groupby("setting", sort=False)
+    clean = models[models.variant == "clean"].groupby("setting", sort=False)["test_accuracy"]
+
+    def cell(mean, sd):
+        return f"{mean:.2f}" + (f"±{sd:.2f}" if np.isfinite(sd) else "")
+
+    lines = [
+        "| setting | " + " | ".join(metrics.values()) + " | accuracy, clean variant | seeds |",
+        "|---|" + "---|" * (len(metrics) + 2),
+    ]
+    mean, sd = confounded.mean(numeric_only=True), confounded.std(ddof=1, numeric_only=True)
+    clean_mean, clean_sd = clean.mean(), clean.std(ddof=1)
+    for setting in models.setting.unique():
+        values = [
+            cell(mean.loc[setting, m], sd.loc[setting, m]) if setting in mean.index and m in mean else "–"
+            for m in metrics
+        ]
+        accuracy = cell(clean_mean[setting], clean_sd[setting]) if setting in clean_mean else "–"
+        seeds = int((models.setting == setting).sum() // max(1, models.variant.nunique()))
+        lines.append(f"| {setting} | " + " | ".join(values) + f" | {accuracy} | {seeds} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "validate")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument(
+        "--variants", nargs="*", default=["confounded", "clean"], choices=["confounded", "clean"]
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("gradcamo.profiles",):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    torch.set_num_threads(args.cores)
+    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    margin = config["crops"]["cell_margin"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    datasets = {"clean": REPO / "resources" / "mini", "confounded": args.out / "mini_confounded"}
+    if not (datasets["confounded"] / "samples.tsv").exists():
+        write_dataset(datasets["confounded"], seed=0, confounded=True)
+    splits = {}
+    for variant, dataset in datasets.items():
+        workdir = project(args.out / variant, dataset, config)
+        wells = pd.read_csv(dataset / "samples.tsv", sep="\t").drop_duplicates(["plate", "well"])
+        crops_and_split(workdir, wells, args.cores)  # a no-op once the attribution study ran
+        split = pd.read_csv(workdir / "results/split/wells.tsv", sep="\t", dtype=str)
+        split["store"] = [str(workdir / "results/crops" / p / w) for p, w in zip(split.plate, split.well)]
+        splits[variant] = split
+    fills = {
+        variant: {
+            p: np.load(args.out / variant / f"results/crops/{p}/fill.npy") for p in split.plate.unique()
+        }
+        for variant, split in splits.items()
+    }
+    counterparts = counterpart_stores(
+        args.out / "confounded", datasets["clean"], splits["confounded"], config, args.out / "shortcut_free"
+    )
+    table = args.out / "penalty_models.tsv"
+    rows = pd.read_csv(table, sep="\t").to_dict("records") if table.exists() else []
+    done = {(r["setting"], r["seed"], r["variant"]) for r in rows}
+    for seed in range(args.seeds):  # seeds outermost: a study cut short still compares settings
+        for setting in args.settings:
+            for variant in args.variants:
+                if (setting, seed, variant) in done:
+                    continue
+                train = merged(config["train"], {**SETTINGS[setting], "seed": seed})
+                start = time.perf_counter()
+                result = train_classifier(
+                    splits[variant],
+                    TrainSettings.from_config(train),
+                    config["channels"],
+                    config["crops"]["shape"],
+                )
+                seconds = time.perf_counter() - start
+                row = {"setting": setting, "seed": seed, "variant": variant, "train_seconds": round(seconds)}
+                if variant == "confounded":
+                    row |= evaluate(result, splits[variant], fills[variant], margin, counterparts)
+                else:
+                    row["test_accuracy"] = result.metrics["test"]["accuracy"]
+                rows.append(row)
+                log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+                pd.DataFrame(rows).to_csv(table, sep="\t", index=False)
+    text = summary_markdown(pd.DataFrame(rows))
+    (args.out / "penalty_summary.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
