@@ -90,6 +90,25 @@ def crops_and_split(workdir: Path, wells: pd.DataFrame, cores: int) -> None:
     subprocess.run(cmd, check=True)
 
 
+def variant_splits(out: Path, config: dict, cores: int, variants=("clean", "confounded")):
+    """``(datasets, splits)``: per variant of the mini dataset, its folder and its well split
+    with each well's crop store (column ``store``), after running the workflow to the crops
+    in ``out/<variant>`` (a no-op once done). The confounded variant is generated into
+    ``out/mini_confounded`` first."""
+    datasets = {"clean": REPO / "resources" / "mini", "confounded": out / "mini_confounded"}
+    if not (datasets["confounded"] / "samples.tsv").exists():
+        write_dataset(datasets["confounded"], seed=0, confounded=True)
+    splits = {}
+    for variant in variants:
+        workdir = project(out / variant, datasets[variant], config)
+        wells = pd.read_csv(datasets[variant] / "samples.tsv", sep="\t").drop_duplicates(["plate", "well"])
+        crops_and_split(workdir, wells, cores)
+        split = pd.read_csv(workdir / "results/split/wells.tsv", sep="\t", dtype=str)
+        split["store"] = [str(workdir / "results/crops" / p / w) for p, w in zip(split.plate, split.well)]
+        splits[variant] = split
+    return datasets, splits
+
+
 def cell_context_store(full: Path, out: Path, fill: np.ndarray, margin: int, seed: int) -> Path:
     """The ``crops.context: cell`` store of a full-context one: the context of every crop
     replaced by the fill, seeded per cell as :func:`gradcamo.crops.crop_cells` seeds it."""
@@ -250,19 +269,9 @@ def main() -> None:
     margin, fill_seed = config["crops"]["cell_margin"], config["crops"]["fill"]["seed"]
     methods = [(m, layer) for m in LAYER_METHODS for layer in LAYERS] + [(m, "input") for m in INPUT_METHODS]
     args.out.mkdir(parents=True, exist_ok=True)
-    datasets = {"clean": REPO / "resources" / "mini", "confounded": args.out / "mini_confounded"}
-    if not (datasets["confounded"] / "samples.tsv").exists():
-        write_dataset(datasets["confounded"], seed=0, confounded=True)
-    stores = {}
-    for variant, dataset in datasets.items():
-        if variant == "clean" and "clean" not in args.kinds:
-            continue
-        workdir = project(args.out / variant, dataset, config)
-        wells = pd.read_csv(dataset / "samples.tsv", sep="\t").drop_duplicates(["plate", "well"])
-        crops_and_split(workdir, wells, args.cores)
-        split = pd.read_csv(workdir / "results/split/wells.tsv", sep="\t", dtype=str)
-        split["store"] = [str(workdir / "results/crops" / p / w) for p, w in zip(split.plate, split.well)]
-        stores[variant] = (workdir, split)
+    variants = ["confounded"] + (["clean"] if "clean" in args.kinds else [])
+    _, splits = variant_splits(args.out, config, args.cores, variants)
+    stores = {variant: (args.out / variant, split) for variant, split in splits.items()}
     workdir, split = stores["confounded"]
     fills = {p: np.load(workdir / f"results/crops/{p}/fill.npy") for p in split.plate.unique()}
     cell = split.copy()

@@ -39,11 +39,10 @@ from gradcamo.crops import SiteFiles, write_well_store
 from gradcamo.gradcam import GradCamProfiler
 from gradcamo.profiles import profile_store
 from gradcamo.store import CropStore
-from gradcamo.synthetic import write_dataset
 from gradcamo.training import TrainSettings, train_classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the attribution study's helpers
-from validate_attribution import REPO, crops_and_split, project  # noqa: E402
+from validate_attribution import REPO, variant_splits  # noqa: E402
 
 #: The settings compared, as overrides of the mini config's ``train`` section. RRR's weight
 #: follows Ross et al.: the input-gradient term on the order of the cross-entropy at the
@@ -199,17 +198,7 @@ def main() -> None:
     config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
     margin = config["crops"]["cell_margin"]
     args.out.mkdir(parents=True, exist_ok=True)
-    datasets = {"clean": REPO / "resources" / "mini", "confounded": args.out / "mini_confounded"}
-    if not (datasets["confounded"] / "samples.tsv").exists():
-        write_dataset(datasets["confounded"], seed=0, confounded=True)
-    splits = {}
-    for variant, dataset in datasets.items():
-        workdir = project(args.out / variant, dataset, config)
-        wells = pd.read_csv(dataset / "samples.tsv", sep="\t").drop_duplicates(["plate", "well"])
-        crops_and_split(workdir, wells, args.cores)  # a no-op once the attribution study ran
-        split = pd.read_csv(workdir / "results/split/wells.tsv", sep="\t", dtype=str)
-        split["store"] = [str(workdir / "results/crops" / p / w) for p, w in zip(split.plate, split.well)]
-        splits[variant] = split
+    datasets, splits = variant_splits(args.out, config, args.cores)  # shared with the attribution study
     fills = {
         variant: {
             p: np.load(args.out / variant / f"results/crops/{p}/fill.npy") for p in split.plate.unique()

@@ -18,9 +18,9 @@ from gradcamo.data import Augmentation, BalancedDraws, ContextSwap, CropCells, a
 from gradcamo.gradcam import GradCamProfiler, gradcamo_score
 from gradcamo.model import build_model, set_drop_connect_rate
 from gradcamo.penalty import AttentionPenalty, PenalisedModel, dilate_masks, outside_share
-from gradcamo.store import MASK_CELL, MASK_OTHER, CropStore, CropStoreWriter
+from gradcamo.store import MASK_CELL, MASK_OTHER, CropStore
 from gradcamo.training import HISTORY_COLUMNS, TrainSettings, train_classifier
-from test_training import CHANNELS, CROP, TRAIN_CONFIG, TREATMENTS, blob_cells, split_table
+from test_training import CHANNELS, CROP, TRAIN_CONFIG, TREATMENTS, blob_cells, split_table, write_wells
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -127,28 +127,10 @@ def test_penalised_logits_are_the_models_training_forward():
     torch.testing.assert_close(logits, expected)
 
 
-def write_confounded_wells(root, wells_per_treatment=4, cells_per_well=12, shortcut=True) -> pd.DataFrame:
-    """Like test_training's wells, plus (``shortcut``) channel 0 raised outside each cell by
-    a treatment-coded level: a background that predicts the treatment."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for k, treatment in enumerate(TREATMENTS):
-        for w in range(wells_per_treatment):
-            plate, well = f"P{w % 2 + 1}", f"{'BCD'[k]}{w + 2:02d}"
-            images, masks = blob_cells(rng, cells_per_well, radius=1.5 + 1.0 * k, bright_channel=k)
-            if shortcut:
-                outside = ~dilate(masks == MASK_CELL, 2)
-                images[:, 0] += np.where(outside, 0.4 * k, 0.0).astype(np.float32)
-            path = root / plate / well
-            writer = CropStoreWriter(path, cells_per_well, CHANNELS, CROP, {"scope": "site"})
-            writer.write(images, masks)
-            writer.close(
-                pd.DataFrame(
-                    {"Metadata_Plate": [plate] * cells_per_well, "Metadata_Well": [well] * cells_per_well}
-                )
-            )
-            rows.append({"plate": plate, "well": well, "treatment": treatment, "store": str(path)})
-    return split_table(pd.DataFrame(rows))
+def write_confounded_wells(root, shortcut=True) -> pd.DataFrame:
+    """test_training's wells with 12 cells each and, with ``shortcut``, channel 0 raised
+    outside each cell by a treatment-coded level: a background that predicts the treatment."""
+    return split_table(write_wells(root, 4, 12, radius_step=1.0, shortcut=0.4 if shortcut else 0.0))
 
 
 def test_context_swap_keeps_the_cell_and_takes_another_cells_context(tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from gradcamo.context import dilate
 from gradcamo.data import (
     Augmentation,
     BalancedDraws,
@@ -88,15 +89,29 @@ def blob_cells(
     return images, masks
 
 
-def write_wells(root: Path, wells_per_treatment: int = 4, cells_per_well: int = 10) -> pd.DataFrame:
-    """One crop store per well under ``root``; returns plate, well, treatment, store."""
+def write_wells(
+    root: Path,
+    wells_per_treatment: int = 4,
+    cells_per_well: int = 10,
+    radius_step: float = 1.5,
+    shortcut: float = 0.0,
+) -> pd.DataFrame:
+    """One crop store per well under ``root``; returns plate, well, treatment, store.
+
+    Treatment ``k`` has blobs of radius ``1.5 + radius_step * k``; with ``shortcut`` > 0,
+    channel 0 is raised by ``shortcut * k`` beyond 2 voxels of each cell: a background that
+    predicts the treatment (the same cells and masks as without it).
+    """
     rng = np.random.default_rng(0)
     rows = []
     for k, treatment in enumerate(TREATMENTS):
         for w in range(wells_per_treatment):
             plate, well = f"P{w % 2 + 1}", f"{'BCD'[k]}{w + 2:02d}"
             path = root / plate / well
-            images, masks = blob_cells(rng, cells_per_well, radius=1.5 + 1.5 * k, bright_channel=k)
+            images, masks = blob_cells(rng, cells_per_well, radius=1.5 + radius_step * k, bright_channel=k)
+            if shortcut:
+                outside = ~dilate(masks == 1, 2)
+                images[:, 0] += np.where(outside, shortcut * k, 0.0).astype(np.float32)
             writer = CropStoreWriter(path, cells_per_well, CHANNELS, CROP, {"scope": "site"})
             writer.write(images, masks)
             writer.close(
