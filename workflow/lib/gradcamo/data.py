@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
 from gradcamo.context import cell_region
 from gradcamo.errors import InputError
-from gradcamo.store import MASK_CELL, MASK_OTHER, CropStore
+from gradcamo.store import MASK_BACKGROUND, CropStore
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ class ContextSwap:
     interest widened by ``margin`` voxels (:func:`gradcamo.context.cell_region`) -- is
     replaced by the same voxels of another training cell's crop, drawn uniformly (so its
     treatment is independent of the draw's). The cell keeps its own voxels; neighbours,
-    background and padding come from the other crop, whose own cell becomes a neighbour.
+    background and padding come from the other crop; where the other crop's own cell (widened
+    alike) lies beyond this cell, voxels are drawn from the other crop's background instead.
     Whatever the context carries about the treatment then no longer predicts the label.
     """
 
@@ -317,16 +318,29 @@ class CropCells(Dataset):
         for pos, (epoch, draw, cell) in enumerate(keys):
             rng = np.random.default_rng([self.seed, epoch, draw, 1])
             if len(self) > 1 and rng.random() < swap.probability:  # another cell, never itself
-                donors.append((pos, (cell + 1 + int(rng.integers(len(self) - 1))) % len(self)))
+                donors.append((pos, (cell + 1 + int(rng.integers(len(self) - 1))) % len(self), rng))
         if not donors:
             return
-        at, other = (np.asarray(v, dtype=np.int64) for v in zip(*donors))
-        other_images = self._read(other, "images").numpy()
-        other_masks = self._read(other, "masks").numpy()
+        at = np.asarray([d[0] for d in donors], dtype=np.int64)
+        other_images = self._read(np.asarray([d[1] for d in donors], dtype=np.int64), "images").numpy()
+        other_masks = self._read(np.asarray([d[1] for d in donors], dtype=np.int64), "masks").numpy()
         own = cell_region(masks[at], swap.margin)  # (n, Z, Y, X)
-        images[at] = np.where(own[:, None], images[at], other_images)
-        neighbours = np.where(other_masks == MASK_CELL, MASK_OTHER, other_masks)
-        masks[at] = np.where(own, masks[at], neighbours)
+        theirs = cell_region(other_masks, swap.margin)
+        for k, (pos, _, rng) in enumerate(donors):
+            # The other crop's cell is not context: where it lies beyond this cell, its voxels
+            # are drawn from the other crop's own background (in the image, away from cells),
+            # as the neutral fill of the audit is drawn, so no second cell's treatment shows.
+            hole = theirs[k] & ~own[k]
+            background = other_images[k][:, ~theirs[k] & (other_masks[k] == MASK_BACKGROUND)]
+            background = background[:, np.any(background != 0, axis=0)]  # padding is exactly 0
+            if hole.any() and background.shape[1] == 0:
+                continue  # no background to draw from: this draw keeps its own context
+            composite = np.where(own[k][None], images[pos], other_images[k])
+            composite[:, hole] = background[
+                :, rng.integers(max(1, background.shape[1]), size=int(hole.sum()))
+            ]
+            images[pos] = composite
+            masks[pos] = np.where(own[k], masks[pos], np.where(hole, MASK_BACKGROUND, other_masks[k]))
 
 
 class CellBatch(NamedTuple):
