@@ -140,6 +140,9 @@ def test_aggregate_tables_and_summary(project):
     assert 0 <= summary["gradcamo"]["share_above"] <= 1
     assert summary["gradcamo"]["n_scored"] > 0.5 * len(cells)
     assert set(summary["accuracy"]) == {"train", "val", "test"}
+    # how the model was trained to look at the cell: not at all, by default
+    assert summary["training"]["attention_penalty"]["weight"] == 0
+    assert summary["training"]["context_swap"]["probability"] == 0
     attention = summary["attention"]
     assert set(attention) == {"cell", "neighbours", "background", "cell_if_uniform"}
     assert attention["cell"] == pytest.approx(summary["gradcamo"]["mean"])

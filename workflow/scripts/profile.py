@@ -56,6 +56,15 @@ log.info(
     else "x".join(map(str, map_shapes(model, store.crop_shape)[layer])),
     sm.params.target_class,
 )
+penalty = meta.get("config", {}).get("attention_penalty") or {}
+if penalty.get("weight", 0) > 0 and penalty.get("method") == sm.params.cam_method:
+    log.warning(
+        "the model was trained to keep its %s map on the cell (train.attention_penalty weight %g): "
+        "Grad-CAMO under the same map is partly what training optimised; read it with the audit "
+        "and another profile.cam_method",
+        sm.params.cam_method,
+        penalty["weight"],
+    )
 
 
 fill = np.load(sm.input.fill) if sm.params.audit else None

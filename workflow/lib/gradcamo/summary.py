@@ -123,7 +123,11 @@ def summary(
             str(k): int(v) for k, v in cells["Metadata_Split"].value_counts().sort_index().items()
         },
         "accuracy": split_accuracies(metrics),
-        "training": {k: metrics[k] for k in ("best_epoch", "epochs_run") if k in metrics},
+        "training": {
+            k: metrics[k]
+            for k in ("best_epoch", "epochs_run", "attention_penalty", "context_swap")
+            if k in metrics
+        },
         "attribution": dict(attribution or {}),
         "gradcamo": gradcamo_statistics(cells["Metadata_GradCAMO"].to_numpy(), threshold),
         "gradcamo_by_split": by_split,

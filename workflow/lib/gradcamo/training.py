@@ -629,10 +629,14 @@ def write_training_outputs(
         save_checkpoint(tmp, result.model, result.meta)
     with atomic_path(history_path) as tmp:
         result.history.to_csv(tmp, sep="\t", index=False)
+    config = result.meta.get("config", {})
     metrics = {
         "classes": result.meta["classes"],
         "best_epoch": result.meta["best_epoch"],
         "epochs_run": result.meta["epochs_run"],
+        # how the model was pushed to look at the cell, if it was (the run summary reports it)
+        "attention_penalty": config.get("attention_penalty"),
+        "context_swap": config.get("context_swap"),
         "splits": result.metrics,
     }
     with atomic_path(metrics_path) as tmp:
