@@ -51,6 +51,7 @@ SETTINGS = {
     "weight 0": {},
     "weight 0.1": {"attention_penalty": {"weight": 0.1}},
     "weight 1": {"attention_penalty": {"weight": 1.0}},
+    "weight 3": {"attention_penalty": {"weight": 3.0}},
     "weight 10": {"attention_penalty": {"weight": 10.0}},
     "layercam 1": {"attention_penalty": {"weight": 1.0, "method": "layercam", "target_layer": "_blocks.0"}},
     "rrr 0.01": {"attention_penalty": {"weight": 0.01, "method": "rrr"}},
@@ -179,13 +180,13 @@ def summary_markdown(models: pd.DataFrame) -> str:
     ]
     mean, sd = confounded.mean(numeric_only=True), confounded.std(ddof=1, numeric_only=True)
     clean_mean, clean_sd = clean.mean(), clean.std(ddof=1)
-    for setting in models.setting.unique():
+    for setting in sorted(models.setting.unique(), key=lambda name: list(SETTINGS).index(name)):
         values = [
             cell(mean.loc[setting, m], sd.loc[setting, m]) if setting in mean.index and m in mean else "–"
             for m in metrics
         ]
         accuracy = cell(clean_mean[setting], clean_sd[setting]) if setting in clean_mean else "–"
-        seeds = int((models.setting == setting).sum() // max(1, models.variant.nunique()))
+        seeds = int(models.loc[models.setting == setting, "seed"].nunique())
         lines.append(f"| {setting} | " + " | ".join(values) + f" | {accuracy} | {seeds} |")
     return "\n".join(lines) + "\n"
 
