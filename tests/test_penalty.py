@@ -20,15 +20,16 @@ from gradcamo.model import build_model, set_drop_connect_rate
 from gradcamo.penalty import AttentionPenalty, PenalisedModel, dilate_masks, outside_share
 from gradcamo.store import MASK_CELL, MASK_OTHER, CropStore
 from gradcamo.training import HISTORY_COLUMNS, TrainSettings, train_classifier
-from test_training import CHANNELS, CROP, TRAIN_CONFIG, TREATMENTS, blob_cells, split_table, write_wells
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_training import (
+    CHANNELS,
+    CROP,
+    TRAIN_CONFIG,
+    TREATMENTS,
+    blob_cells,
+    one_thread,  # noqa: F401 (autouse: one torch thread in this module too)
+    split_table,
+    write_wells,
+)
 
 
 def penalty(

@@ -294,14 +294,16 @@ class CropCells(Dataset):
             self._swap_contexts(images.numpy(), masks.numpy(), keys)
         labels = torch.from_numpy(self.labels[cells])
         masks = masks if self.with_masks else None
-        out = images.numpy()
         if self.augmentation is None or not training:
             return CellBatch(images, labels, torch.zeros((len(cells), 0)), masks)
-        square = out.shape[-1] == out.shape[-2]
+        square = images.shape[-1] == images.shape[-2]
         params = np.stack(
             [
                 augment_params(
-                    np.random.default_rng([self.seed, epoch, draw]), self.augmentation, out.shape[1], square
+                    np.random.default_rng([self.seed, epoch, draw]),
+                    self.augmentation,
+                    images.shape[1],
+                    square,
                 )
                 for epoch, draw, _ in keys
             ]
@@ -322,8 +324,9 @@ class CropCells(Dataset):
         if not donors:
             return
         at = np.asarray([d[0] for d in donors], dtype=np.int64)
-        other_images = self._read(np.asarray([d[1] for d in donors], dtype=np.int64), "images").numpy()
-        other_masks = self._read(np.asarray([d[1] for d in donors], dtype=np.int64), "masks").numpy()
+        others = np.asarray([d[1] for d in donors], dtype=np.int64)
+        other_images = self._read(others, "images").numpy()
+        other_masks = self._read(others, "masks").numpy()
         own = cell_region(masks[at], swap.margin)  # (n, Z, Y, X)
         theirs = cell_region(other_masks, swap.margin)
         for k, (pos, _, rng) in enumerate(donors):

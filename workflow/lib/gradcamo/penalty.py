@@ -37,7 +37,6 @@ from monai.networks.nets.efficientnet import EfficientNet
 from gradcamo.gradcam import (
     INPUT_METHODS,
     METHODS,
-    Step,
     layer_for_resolution,
     run_steps,
     signed_attribution_map,
@@ -137,8 +136,6 @@ class PenalisedModel:
 
     def __init__(self, model: EfficientNet, penalty: AttentionPenalty, layer: str) -> None:
         self.model, self.penalty, self.layer = model, penalty, layer
-        self._trunk: list[Step]
-        self._tail: list[Step]
         self._trunk, self._tail = split_steps(model, layer)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> PenalisedOutput:
