@@ -134,7 +134,7 @@ def score_maps(profiler, store, fill, margin) -> dict:
     return profile_store(profiler, store, "predicted", 64, "cpu", fill=fill, cell_margin=margin)
 
 
-def model_rows(kind, seed, result, wells_store, fills, margin, methods) -> tuple[list, dict]:
+def model_rows(kind, seed, result, wells_store, fills, margin, methods, ig_steps) -> tuple[list, dict]:
     """Profile the test wells of one trained model with every method x layer."""
     model = result.model.eval()
     test = wells_store[wells_store.split == "test"]
@@ -166,7 +166,12 @@ def model_rows(kind, seed, result, wells_store, fills, margin, methods) -> tuple
     rows = []
     for method, layer in methods:
         scores = np.concatenate(
-            [score_maps(GradCamProfiler(model, layer, method), s, None, margin)["scores"] for s in stores]
+            [
+                score_maps(
+                    GradCamProfiler(model, layer, method, fills[p].mean(0), ig_steps), s, None, margin
+                )["scores"]
+                for s, p in zip(stores, test.plate)
+            ]
         )
         ok = np.isfinite(scores)
         rho = spearmanr(scores[ok], reliance[ok]).statistic if ok.sum() > 2 else np.nan
@@ -303,7 +308,9 @@ def main() -> None:
                 time.perf_counter() - start,
                 result.metrics["test"]["accuracy"],
             )
-            more, summary = model_rows(kind, seed, result, wells_of[kind], fills_here, margin, methods)
+            more, summary = model_rows(
+                kind, seed, result, wells_of[kind], fills_here, margin, methods, config["profile"]["ig_steps"]
+            )
             rows += more
             models.append(summary)
             pd.DataFrame(rows).to_csv(args.out / "table.tsv", sep="\t", index=False)

@@ -254,10 +254,39 @@ def test_input_x_gradient_is_the_input_times_its_gradient(model, cells):
     torch.testing.assert_close(out["logits"], logits.detach())
 
 
+def test_integrated_gradients_is_the_path_integral_of_the_probability(model, cells):
+    # The definition by hand (midpoint rule, probability of the target class), against
+    # captum's IntegratedGradients inside the profiler; and completeness: with enough steps
+    # the attributions add up to p(x) - p(baseline), the kind of drop the audit measures.
+    x, baseline = cells[:3], torch.tensor([0.1, 0.05, 0.2, 0.0, 0.15])
+    out = GradCamProfiler(model, method="integrated_gradients", baseline=baseline, steps=4)(x)
+    plain = GradCamProfiler(model, method="input_x_gradient")(x)
+    torch.testing.assert_close(out["logits"], plain["logits"])
+    torch.testing.assert_close(out["embedding"], plain["embedding"])
+    b = baseline[None, :, None, None, None].expand_as(x)
+    total = torch.zeros_like(x)
+    for k in range(4):
+        point = (b + (k + 0.5) / 4 * (x - b)).requires_grad_(True)
+        p = torch.softmax(model(point), 1).gather(1, out["target"][:, None]).sum()
+        total += torch.autograd.grad(p, point)[0]
+    by_hand = (x - b) * total / 4
+    torch.testing.assert_close(out["cam"], torch.relu(by_hand.sum(1)), rtol=1e-4, atol=1e-9)
+    assert (out["cam"].flatten(1).amax(1) > 0).all()
+    fine = GradCamProfiler(model, method="integrated_gradients", baseline=baseline, steps=64)(x)
+    with torch.no_grad():
+        p = torch.softmax(model(torch.cat([x, b])), 1).gather(1, out["target"].repeat(2)[:, None])[:, 0]
+    drop = (p[:3] - p[3:]).abs()
+    assert (fine["completeness_gap"] <= 0.05 * drop + 1e-6).all(), (fine["completeness_gap"], drop)
+    with pytest.raises(InputError, match="baseline"):
+        GradCamProfiler(model, method="integrated_gradients")
+    with pytest.raises(InputError, match="one value per channel"):
+        GradCamProfiler(model, method="integrated_gradients", baseline=np.zeros(3))
+
+
 def test_every_method_gives_a_share_per_cell(model, cells):
     masks = (torch.rand(7, *CROP, generator=torch.Generator().manual_seed(3)) > 0.7).to(torch.uint8)
     for method in METHODS:
-        out = GradCamProfiler(model, "_blocks.2", method)(cells)
+        out = GradCamProfiler(model, "_blocks.2", method, baseline=np.full(5, 0.1))(cells)
         assert (out["cam"] >= 0).all()
         score = gradcamo_score(upsample_cam(out["cam"], CROP), masks)
         assert ((score >= 0) & (score <= 1)).all(), method

@@ -31,7 +31,9 @@ AGGREGATE_PARAMS = dict(
     sphering_epsilon=config["aggregate"]["sphering_epsilon"],
     sphering_method=config["aggregate"]["sphering_method"],
     cam_method=config["profile"]["cam_method"],
-    attribution={k: config["profile"][k] for k in ("cam_method", "target_layer", "target_resolution")},
+    attribution={
+        k: config["profile"][k] for k in ("cam_method", "ig_steps", "target_layer", "target_resolution")
+    },
 )
 
 

@@ -7,7 +7,7 @@ rule profile:
         store_json="results/crops/{plate}/{well}/store.json",
         model="results/train/model.pt",
         split="results/split/wells.tsv",
-        # The plate's neutral fill, for the counterfactual audit.
+        # The plate's neutral fill: the counterfactual audit's, and integrated gradients' baseline.
         fill="results/crops/{plate}/fill.npy",
     output:
         **({"cams": "results/profiles/{plate}/{well}.cams.npy"} if config["profile"]["save_cams"] else {}),
@@ -23,6 +23,7 @@ rule profile:
         runtime=config["profile"]["runtime"],
     params:
         cam_method=config["profile"]["cam_method"],
+        ig_steps=config["profile"]["ig_steps"],
         target_layer=config["profile"]["target_layer"],
         target_resolution=config["profile"]["target_resolution"],
         target_class=config["profile"]["target_class"],

@@ -44,12 +44,24 @@ target = target_class_index(sm.params.target_class, row["treatment"], meta["clas
 layer = sm.params.target_layer
 if sm.params.target_resolution is not None:
     layer = layer_for_resolution(model, store.crop_shape, sm.params.target_resolution)
-profiler = GradCamProfiler(model, layer, sm.params.cam_method)
+fill = np.load(sm.input.fill)
+if len(fill) == 0 and (sm.params.audit or sm.params.cam_method == "integrated_gradients"):
+    raise InputError(
+        f"{sm.input.fill}: the plate's neutral fill is empty (no background in its reference sites)"
+    )
+# Integrated gradients start from "nothing here": the fill's mean intensity per channel.
+baseline = fill.mean(0) if len(fill) else None
+profiler = GradCamProfiler(model, layer, sm.params.cam_method, baseline, sm.params.ig_steps)
 log.info(
     "%d cells, crop shape %s, %s at %s (map %s) for the %s class",
     len(store),
     store.crop_shape,
-    sm.params.cam_method,
+    sm.params.cam_method
+    + (
+        f" ({sm.params.ig_steps} steps from the fill's mean)"
+        if sm.params.cam_method == "integrated_gradients"
+        else ""
+    ),
     profiler.target_layer,
     "full resolution"
     if profiler.target_layer == "input"
@@ -67,11 +79,8 @@ if penalty.get("weight", 0) > 0 and penalty.get("method") == sm.params.cam_metho
     )
 
 
-fill = np.load(sm.input.fill) if sm.params.audit else None
-if fill is not None and len(fill) == 0:
-    raise InputError(
-        f"{sm.input.fill}: the plate's neutral fill is empty (no background in its reference sites)"
-    )
+if not sm.params.audit:
+    fill = None
 
 
 def run(cams_out=None):

@@ -32,6 +32,7 @@ METHOD_NAMES = {
     "hirescam": "HiResCAM",
     "layercam": "LayerCAM",
     "input_x_gradient": "input × gradient",
+    "integrated_gradients": "integrated gradients",
 }
 #: UMAP's spectral initialisation needs more samples than ``n_components + 1``.
 MIN_UMAP_SAMPLES = 3

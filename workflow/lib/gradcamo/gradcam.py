@@ -9,7 +9,14 @@ logit ``y`` (:data:`METHODS`, each a map N×Z'×Y'×X', non-negative):
 - ``hirescam`` (Draelos & Carin, 2020): ``ReLU(sum_k G_k ⊙ A_k)``, no spatial averaging;
 - ``layercam`` (Jiang et al., 2021): ``ReLU(sum_k ReLU(G_k) ⊙ A_k)``;
 - ``input_x_gradient`` (Shrikumar et al., 2016): at the input, ``sum_c |x_c ⊙ dy/dx_c|``,
-  at full crop resolution (the whole network is differentiated).
+  at full crop resolution (the whole network is differentiated);
+- ``integrated_gradients`` (Sundararajan et al., 2017; :class:`captum.attr.IntegratedGradients`):
+  at the input, ``ReLU(sum_c IG_c)`` with ``IG = (x - b) ⊙ mean_k dp/dx (b + α_k (x - b))``,
+  ``p`` the target class's *probability*, ``b`` a per-channel baseline (the profile stage uses
+  the plate's neutral fill, the audit's "nothing here") and ``α_k`` the midpoints of ``steps``
+  equal intervals. Its attributions sum to ``p(x) - p(b)`` (completeness) up to the Riemann
+  error, which it reports; the positive part is the evidence *for* the class, as Grad-CAM's
+  ReLU keeps it. It runs ``steps`` forward and backward passes per batch.
 
 Grad-CAMO (Gopalakrishnan et al., 2024) is the share of the upsampled map that falls on the
 cell of interest; it is scale-free, so it is computed on the raw non-negative map (no
@@ -35,6 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from captum.attr import IntegratedGradients
 from monai.networks.nets.efficientnet import EfficientNet
 from torch import nn
 
@@ -46,8 +54,10 @@ Step = tuple[tuple[str, ...], Callable[[torch.Tensor], torch.Tensor]]
 #: Methods that explain the activations of a named layer.
 LAYER_METHODS = ("gradcam", "gradcampp", "hirescam", "layercam")
 #: Methods that explain the input voxels (no target layer).
-INPUT_METHODS = ("input_x_gradient",)
+INPUT_METHODS = ("input_x_gradient", "integrated_gradients")
 METHODS = LAYER_METHODS + INPUT_METHODS
+#: Methods whose map comes from one gradient (the others integrate along a path).
+SINGLE_GRADIENT_METHODS = LAYER_METHODS + ("input_x_gradient",)
 
 
 def _padded(conv: nn.Module, padding: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -148,7 +158,7 @@ def signed_attribution_map(method: str, activations: torch.Tensor, gradients: to
         return (F.relu(g) * a).sum(1)
     if method == "input_x_gradient":
         return (g * a).abs().sum(1)
-    raise ValueError(f"unknown attribution method {method!r}; one of {', '.join(METHODS)}")
+    raise ValueError(f"no single-gradient map for {method!r}; one of {', '.join(SINGLE_GRADIENT_METHODS)}")
 
 
 def attribution_map(method: str, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -208,18 +218,44 @@ class GradCamProfiler:
         ``_blocks.5.13``, ... earlier ones, at finer resolution); ignored by input-level
         methods.
     method: one of :data:`METHODS` (default ``gradcam``, the paper's).
+    baseline: ``(C,)`` per-channel intensities that ``integrated_gradients`` integrates from
+        (required by it, ignored by the others); the profile stage passes the mean of the
+        plate's neutral fill (:mod:`gradcamo.context`).
+    steps: path points of ``integrated_gradients`` (midpoint rule).
 
     Calling it with ``x`` (N×C×Z×Y×X) returns a dict of detached tensors:
     ``embedding`` (N×D, pooled penultimate features, D = 1280 for b0), ``logits`` (N×K),
     ``target`` (N, the class each map explains) and ``cam`` (N×Z'×Y'×X', non-negative, at
-    the target layer's resolution; see :func:`upsample_cam`).
+    the target layer's resolution; see :func:`upsample_cam`); ``integrated_gradients`` adds
+    ``completeness_gap`` (N, ``|sum(IG) - (p(x) - p(b))|``: how far its ``steps`` are from
+    the exact integral).
     """
 
     def __init__(
-        self, model: EfficientNet, target_layer: str = "_conv_head", method: str = "gradcam"
+        self,
+        model: EfficientNet,
+        target_layer: str = "_conv_head",
+        method: str = "gradcam",
+        baseline: np.ndarray | torch.Tensor | None = None,
+        steps: int = 4,
     ) -> None:
         if method not in METHODS:
             raise InputError(f"attribution method {method!r} is not one of {', '.join(METHODS)}")
+        if method == "integrated_gradients":
+            if baseline is None:
+                raise InputError("integrated_gradients needs a baseline: one intensity per channel")
+            baseline = torch.as_tensor(np.asarray(baseline, np.float32))
+            if baseline.shape != (model._conv_stem.in_channels,):
+                raise InputError(
+                    f"the integrated_gradients baseline has shape {tuple(baseline.shape)}, expected "
+                    f"one value per channel ({model._conv_stem.in_channels},)"
+                )
+            if int(steps) < 1:
+                raise InputError(f"integrated_gradients needs at least 1 step, got {steps}")
+            # captum's IntegratedGradients: the target class's probability, not its logit, so
+            # that the attributions add up to the quantity the audit's reliance measures.
+            self._integrated = IntegratedGradients(lambda x: torch.softmax(model(x), 1))
+        self.baseline, self.steps = baseline, int(steps)
         self.target_layers = layer_names(model)
         self.model = model.eval()
         self.method = method
@@ -238,19 +274,15 @@ class GradCamProfiler:
             raise RuntimeError("GradCamProfiler needs autograd: do not call it in inference_mode")
         if self.model.training:
             raise RuntimeError("the model must stay in eval mode (BatchNorm couples the batch)")
+        if self.method == "integrated_gradients":
+            return self._integrated_gradients(x, target)
         with torch.no_grad():
             acts = run_steps(self._trunk, x)
         acts = acts.detach().requires_grad_(True)
         with torch.enable_grad():
             embedding = run_steps(self._tail, acts).flatten(1)
             logits = self.model._fc(self.model._dropout(embedding))
-            if isinstance(target, str):
-                if target != "predicted":
-                    raise ValueError(f"target must be 'predicted' or a tensor, got {target!r}")
-                target = logits.detach().argmax(1)
-            target = torch.as_tensor(target, dtype=torch.long, device=logits.device)
-            if target.shape != (len(x),):
-                raise ValueError(f"target must hold one class per cell, got {tuple(target.shape)}")
+            target = _targets(target, logits)
             selected = logits.gather(1, target[:, None]).sum()
             # Only the gradient w.r.t. the activation: no parameter gradients are computed.
             (grads,) = torch.autograd.grad(selected, acts)
@@ -262,6 +294,41 @@ class GradCamProfiler:
             "target": target,
             "cam": cam,
         }
+
+    def _integrated_gradients(self, x: torch.Tensor, target) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            embedding = run_steps(self._tail, x).flatten(1)
+            logits = self.model._fc(self.model._dropout(embedding))
+        target = _targets(target, logits)
+        baseline = self.baseline.to(x)[None, :, None, None, None].expand_as(x)
+        attributions, gap = self._integrated.attribute(
+            x,
+            baselines=baseline,
+            target=target,
+            n_steps=self.steps,
+            method="riemann_middle",
+            internal_batch_size=len(x),
+            return_convergence_delta=True,
+        )
+        return {
+            "embedding": embedding,
+            "logits": logits,
+            "target": target,
+            "cam": F.relu(attributions.detach().sum(1)),
+            "completeness_gap": gap.detach().abs(),
+        }
+
+
+def _targets(target: str | torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The class each cell's map explains: ``"predicted"`` (arg-max) or one index per cell."""
+    if isinstance(target, str):
+        if target != "predicted":
+            raise ValueError(f"target must be 'predicted' or a tensor, got {target!r}")
+        target = logits.detach().argmax(1)
+    target = torch.as_tensor(target, dtype=torch.long, device=logits.device)
+    if target.shape != (len(logits),):
+        raise ValueError(f"target must hold one class per cell, got {tuple(target.shape)}")
+    return target
 
 
 def upsample_cam(cam: torch.Tensor, crop_shape: Sequence[int]) -> torch.Tensor:

@@ -36,7 +36,7 @@ from monai.networks.nets.efficientnet import EfficientNet
 
 from gradcamo.gradcam import (
     INPUT_METHODS,
-    METHODS,
+    SINGLE_GRADIENT_METHODS,
     layer_for_resolution,
     run_steps,
     signed_attribution_map,
@@ -45,8 +45,9 @@ from gradcamo.gradcam import (
 )
 from gradcamo.store import MASK_CELL
 
-#: The penalised maps (:data:`gradcamo.gradcam.METHODS`) and the input-gradient baseline.
-PENALTY_METHODS = METHODS + ("rrr",)
+#: The penalised maps and the input-gradient baseline. Integrated gradients is left out: its
+#: map takes ``steps`` backward passes, each to be differentiated again.
+PENALTY_METHODS = SINGLE_GRADIENT_METHODS + ("rrr",)
 
 
 @dataclass(frozen=True)

@@ -367,5 +367,8 @@ def profile_store(
             peak = cam.flatten(1).amax(1).clamp(min=torch.finfo(cam.dtype).tiny)
             cams_out[lo:hi] = (cam / peak[:, None, None, None]).cpu().numpy().astype(cams_out.dtype)
         elapsed = time.perf_counter() - start
-        log.info("batch %d/%d: %d/%d cells, %.1f cells/s", b + 1, n_batches, hi, n, hi / elapsed)
+        gap = ""
+        if "completeness_gap" in result:  # integrated gradients: how far its steps are from exact
+            gap = f", mean |sum(IG) - (p(x) - p(baseline))| {float(result['completeness_gap'].mean()):.2g}"
+        log.info("batch %d/%d: %d/%d cells, %.1f cells/s%s", b + 1, n_batches, hi, n, hi / elapsed, gap)
     return out
