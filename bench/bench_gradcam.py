@@ -8,8 +8,10 @@ data so activations have realistic magnitudes), the same batch and the same devi
   ours+audit       what the profile stage does per batch: ours, plus the counterfactual
                    audit (the crops with the cell, and with its context, replaced by a
                    neutral fill on the CPU, and one eval forward of each)
-  ixg, ixg+audit   the same with input x gradient (profile.cam_method's default): the
-                   backward runs through the whole network, down to the input
+  ixg, ixg+audit   the same with input x gradient: the backward runs through the whole
+                   network, down to the input
+  ig, ig+audit     the same with integrated gradients (profile.cam_method's default) at 4
+                   steps (profile.ig_steps): 4 forwards and backwards to the input
   monai/cell       the paper's setup (pytorch-grad-cam's per-image loop), with MONAI's
                    GradCAM: one library call per cell (full forward + full backward each),
                    plus a separate batched inference forward for the embedding
@@ -55,7 +57,10 @@ from gradcamo.model import build_model
 from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 
-METHODS = ("ours", "ours+audit", "ixg", "ixg+audit", "monai/cell", "monai/batch", "floor")
+METHODS = ("ours", "ours+audit", "ixg", "ixg+audit", "ig", "ig+audit", "monai/cell", "monai/batch", "floor")
+#: The profiler's map behind each of our rows (name before "+audit").
+CAM_METHOD = {"ours": "gradcam", "ixg": "input_x_gradient", "ig": "integrated_gradients"}
+IG_STEPS = 4
 
 
 def realistic_model(crop_shape, n_classes=3, seed=0) -> torch.nn.Module:
@@ -83,15 +88,16 @@ def make_method(name: str, model: torch.nn.Module, layer: str):
         hook.remove()
         return pooled["out"].flatten(1)
 
-    if name in ("ours", "ixg"):
-        profiler = GradCamProfiler(model, layer, "gradcam" if name == "ours" else "input_x_gradient")
+    baseline = np.full(5, 0.1, np.float32)  # a fill's mean: dim background in every channel
+    if name in CAM_METHOD:
+        profiler = GradCamProfiler(model, layer, CAM_METHOD[name], baseline, IG_STEPS)
 
         def run(x):
             out = profiler(x)
             return upsample_cam(out["cam"], x.shape[2:]), out["embedding"]
 
-    elif name in ("ours+audit", "ixg+audit"):
-        profiler = GradCamProfiler(model, layer, "gradcam" if name == "ours+audit" else "input_x_gradient")
+    elif name.endswith("+audit"):
+        profiler = GradCamProfiler(model, layer, CAM_METHOD[name.removesuffix("+audit")], baseline, IG_STEPS)
         fill = torch.randn(10_000, 5, generator=torch.Generator().manual_seed(2)).numpy()
 
         def run(x):
