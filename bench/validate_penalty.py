@@ -10,9 +10,10 @@ seed it trains on the confounded variant (:func:`gradcamo.training.train_classif
   clean variant's z-stacks cropped with the confounded run's own labels, normalisation and
   crop settings (the variants differ only by the debris; same cells, same masks);
 - the audit (:mod:`gradcamo.audit`): mean cell reliance and context reliance;
-- Grad-CAMO's share > 0.5 under the default map (input × gradient) and under LayerCAM at
-  ``_blocks.0`` (:data:`MAPS`): a model penalised with one is judged by the other too, since
-  a penalised map can be fooled without the model changing (Heo et al., 2019);
+- Grad-CAMO's share > 0.5 under input × gradient and under LayerCAM at ``_blocks.0``
+  (:data:`MAPS`): a model penalised with one is judged by the other too, since a penalised
+  map can be fooled without the model changing (Heo et al., 2019); and under integrated
+  gradients, the profile stage's default, which no setting is trained on;
 
 and, trained on the clean variant, the test accuracy each setting costs there.
 Writes ``penalty_models.tsv`` (one row per model) and ``penalty_summary.md``.
@@ -118,13 +119,20 @@ def counterpart_stores(confounded: Path, clean_dataset: Path, split: pd.DataFram
     return paths
 
 
-def share_above(profiler, stores) -> float:
-    scores = np.concatenate([profile_store(profiler, s, "predicted", 64, "cpu")["scores"] for s in stores])
+def share_above(profilers, stores) -> float:
+    scores = np.concatenate(
+        [
+            profile_store(profiler, s, "predicted", 64, "cpu")["scores"]
+            for profiler, s in zip(profilers, stores)
+        ]
+    )
     ok = np.isfinite(scores)
     return float(np.mean(scores[ok] > 0.5))
 
 
-def evaluate(result, split: pd.DataFrame, fills: dict, margin: int, counterparts: dict | None) -> dict:
+def evaluate(
+    result, split: pd.DataFrame, fills: dict, margin: int, counterparts: dict | None, ig_steps: int
+) -> dict:
     """Accuracy, the audit and Grad-CAMO of one model on its test wells."""
     model = result.model.eval()
     classes = np.asarray(result.meta["classes"])
@@ -145,7 +153,20 @@ def evaluate(result, split: pd.DataFrame, fills: dict, margin: int, counterparts
             np.mean(np.concatenate([a["scores"] for a in audit]) > 0.5)
         ),
         "share_above_0.5_layercam_blocks.0": share_above(
-            GradCamProfiler(model, MAPS["layercam_blocks.0"][1], MAPS["layercam_blocks.0"][0]), stores
+            [GradCamProfiler(model, MAPS["layercam_blocks.0"][1], MAPS["layercam_blocks.0"][0])]
+            * len(stores),
+            stores,
+        ),
+        # The profile stage's default map, which no setting can be trained on (not a penalty
+        # method): held out from every setting.
+        "share_above_0.5_integrated_gradients": share_above(
+            [
+                GradCamProfiler(
+                    model, method="integrated_gradients", baseline=fills[p].mean(0), steps=ig_steps
+                )
+                for p in test.plate
+            ],
+            stores,
         ),
     }
     if counterparts is not None:
@@ -163,6 +184,7 @@ def summary_markdown(models: pd.DataFrame) -> str:
     metrics = {
         "share_above_0.5_input_x_gradient": "Grad-CAMO > 0.5, input×gradient",
         "share_above_0.5_layercam_blocks.0": "Grad-CAMO > 0.5, LayerCAM _blocks.0",
+        "share_above_0.5_integrated_gradients": "Grad-CAMO > 0.5, integrated gradients",
         "cell_reliance": "cell reliance",
         "context_reliance": "context reliance",
         "test_accuracy": "accuracy, confounded test cells",
@@ -241,7 +263,14 @@ def main() -> None:
                 seconds = time.perf_counter() - start
                 row = {"setting": setting, "seed": seed, "variant": variant, "train_seconds": round(seconds)}
                 if variant == "confounded":
-                    row |= evaluate(result, splits[variant], fills[variant], margin, counterparts)
+                    row |= evaluate(
+                        result,
+                        splits[variant],
+                        fills[variant],
+                        margin,
+                        counterparts,
+                        config["profile"]["ig_steps"],
+                    )
                 else:
                     row["test_accuracy"] = result.metrics["test"]["accuracy"]
                 rows.append(row)

@@ -81,7 +81,11 @@ def test_penalty_summary_gives_each_setting_its_means_seeds_and_clean_cost():
             {"setting": "weight 1", "seed": seed, "variant": "confounded", "test_accuracy": 0.9}
             | {
                 column: share
-                for column in ("share_above_0.5_input_x_gradient", "share_above_0.5_layercam_blocks.0")
+                for column in (
+                    "share_above_0.5_input_x_gradient",
+                    "share_above_0.5_layercam_blocks.0",
+                    "share_above_0.5_integrated_gradients",
+                )
             }
             | {"cell_reliance": 0.3, "context_reliance": 0.1, "shortcut_free_accuracy": 0.7},
             {"setting": "weight 1", "seed": seed, "variant": "clean", "test_accuracy": clean},
@@ -90,5 +94,5 @@ def test_penalty_summary_gives_each_setting_its_means_seeds_and_clean_cost():
     lines = PENALTY_STUDY["summary_markdown"](pd.DataFrame(rows)).splitlines()
     weight0, weight1 = lines[2], lines[3]  # in the study's order of settings
     assert weight0.startswith("| weight 0 |") and weight0.endswith("| 0.65 | 1 |")
-    assert weight1.startswith("| weight 1 | 0.30±0.14 | 0.30±0.14 | 0.30±0.00 |")
+    assert weight1.startswith("| weight 1 | 0.30±0.14 | 0.30±0.14 | 0.30±0.14 | 0.30±0.00 |")
     assert weight1.endswith("| 0.62±0.03 | 2 |")
