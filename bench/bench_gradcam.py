@@ -10,8 +10,8 @@ data so activations have realistic magnitudes), the same batch and the same devi
                    neutral fill on the CPU, and one eval forward of each)
   ixg, ixg+audit   the same with input x gradient: the backward runs through the whole
                    network, down to the input
-  ig, ig+audit     the same with integrated gradients (profile.cam_method's default) at 4
-                   steps (profile.ig_steps): 4 forwards and backwards to the input
+  ig, ig+audit     the same with integrated gradients (profile.cam_method's default) at 8
+                   steps (profile.ig_steps): 8 forwards and backwards to the input
   monai/cell       the paper's setup (pytorch-grad-cam's per-image loop), with MONAI's
                    GradCAM: one library call per cell (full forward + full backward each),
                    plus a separate batched inference forward for the embedding
@@ -60,7 +60,7 @@ from monai.visualize import GradCAM
 METHODS = ("ours", "ours+audit", "ixg", "ixg+audit", "ig", "ig+audit", "monai/cell", "monai/batch", "floor")
 #: The profiler's map behind each of our rows (name before "+audit").
 CAM_METHOD = {"ours": "gradcam", "ixg": "input_x_gradient", "ig": "integrated_gradients"}
-IG_STEPS = 4
+IG_STEPS = 8
 
 
 def realistic_model(crop_shape, n_classes=3, seed=0) -> torch.nn.Module:

@@ -237,7 +237,7 @@ class GradCamProfiler:
         target_layer: str = "_conv_head",
         method: str = "gradcam",
         baseline: np.ndarray | torch.Tensor | None = None,
-        steps: int = 4,
+        steps: int = 8,
     ) -> None:
         if method not in METHODS:
             raise InputError(f"attribution method {method!r} is not one of {', '.join(METHODS)}")
