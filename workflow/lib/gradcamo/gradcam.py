@@ -300,22 +300,29 @@ class GradCamProfiler:
             embedding = run_steps(self._tail, x).flatten(1)
             logits = self.model._fc(self.model._dropout(embedding))
         target = _targets(target, logits)
-        baseline = self.baseline.to(x)[None, :, None, None, None].expand_as(x)
-        attributions, gap = self._integrated.attribute(
+        one = self.baseline.to(x)[None, :, None, None, None].expand(1, *x.shape[1:])
+        attributions = self._integrated.attribute(
             x,
-            baselines=baseline,
+            baselines=one.expand_as(x),
             target=target,
             n_steps=self.steps,
             method="riemann_middle",
             internal_batch_size=len(x),
-            return_convergence_delta=True,
         )
+        # The completeness gap by hand, not captum's return_convergence_delta: that runs the
+        # model again on the batch and on N copies of the baseline, while p(x) is in the
+        # logits above and the constant baseline crop needs one forward (eval mode: cells
+        # are independent).
+        with torch.no_grad():
+            p_baseline = torch.softmax(self.model(one), 1)[0, target]
+        p_x = torch.softmax(logits, 1).gather(1, target[:, None])[:, 0]
+        total = attributions.detach().flatten(1).sum(1)
         return {
             "embedding": embedding,
             "logits": logits,
             "target": target,
             "cam": F.relu(attributions.detach().sum(1)),
-            "completeness_gap": gap.detach().abs(),
+            "completeness_gap": (total - (p_x - p_baseline)).abs(),
         }
 
 
