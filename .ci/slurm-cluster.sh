@@ -16,8 +16,8 @@
 #   answer: slurmdbd on MariaDB (a socket-only server in our folder);
 # - fake GPUs: GresTypes=gpu, Gres=gpu:2 on the node, gres.conf with two dummy device files,
 #   so a rule's `gpu: 1` becomes `--gpus=1` and SLURM allocates it (CUDA is not involved).
-#   Two, because .ci/slurm-overlay.yaml runs the per-well GPU rules two wells side by side in
-#   a group job (one GPU each), as a two-GPU node of a real cluster would;
+#   Two, because .ci/slurm-overlay.yaml runs each per-well GPU rule as two group jobs at
+#   once, one GPU each, as a two-GPU node of a real cluster would;
 # - partitions `cpu` (default) and `gpu` on the same node, as a cluster would have them.
 set -euo pipefail
 

@@ -264,6 +264,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "validate")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--ig-steps",
+        type=int,
+        default=None,
+        help="integrated gradients' steps (default: the mini config's profile.ig_steps); "
+        "the README's tables were made at 4",
+    )
     parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -309,7 +316,14 @@ def main() -> None:
                 result.metrics["test"]["accuracy"],
             )
             more, summary = model_rows(
-                kind, seed, result, wells_of[kind], fills_here, margin, methods, config["profile"]["ig_steps"]
+                kind,
+                seed,
+                result,
+                wells_of[kind],
+                fills_here,
+                margin,
+                methods,
+                args.ig_steps or config["profile"]["ig_steps"],
             )
             rows += more
             models.append(summary)

@@ -218,6 +218,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "validate")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--ig-steps",
+        type=int,
+        default=None,
+        help="integrated gradients' steps (default: the mini config's profile.ig_steps); "
+        "the README's tables were made at 4",
+    )
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument(
         "--variants", nargs="*", default=["confounded", "clean"], choices=["confounded", "clean"]
@@ -269,7 +276,7 @@ def main() -> None:
                         fills[variant],
                         margin,
                         counterparts,
-                        config["profile"]["ig_steps"],
+                        args.ig_steps or config["profile"]["ig_steps"],
                     )
                 else:
                     row["test_accuracy"] = result.metrics["test"]["accuracy"]

@@ -96,7 +96,6 @@ def test_gpu_rules_were_given_a_gpu_in_the_gpu_partition(mini_run):
     jobs = _jobs_by_rule(mini_run)
     for rule, logs in jobs.items():
         accounting = _sacct([i for _, found in logs for i in found])
-        # A group job of a per-well GPU rule runs two wells side by side in CI, one GPU each.
         gpus = accounting.tres.str.extract(r"gres/gpu=(\d+)")[0].astype(float)
         if rule in GPU_RULES:
             assert (gpus >= 1).all() and (accounting.partition == "gpu").all(), (rule, accounting)
