@@ -165,7 +165,8 @@ def test_every_cell_is_audited(project):
     classes = set(cells.Metadata_Treatment)
     for column in ("Metadata_PredictedFromCell", "Metadata_PredictedFromContext"):
         assert set(cells[column]) <= classes
-    audit = json.loads((project / "results/aggregate/summary.json").read_text())["audit"]
+    summary = json.loads((project / "results/aggregate/summary.json").read_text())
+    audit = summary["audit"]
     assert set(audit["by_split"]) == {"train", "val", "test"}
     for split, entry in audit["by_split"].items():
         group = cells[cells.Metadata_Split == split]
@@ -178,6 +179,12 @@ def test_every_cell_is_audited(project):
         )
         assert -1 <= entry["spearman_gradcamo_cell_reliance"] <= 1
     assert set(audit["by_treatment"]) == classes
+    # The default map against the audit, with margins that hold over runs: two CI trainings
+    # of seed 0 that rounded differently gave test Spearman 0.54 and 0.29, mean Grad-CAMO
+    # 0.42 and 0.46 against 0.07 for a uniform map (README, the audit table).
+    assert audit["by_split"]["test"]["spearman_gradcamo_cell_reliance"] > 0.1, audit["by_split"]
+    attention = summary["attention_by_split"]["test"]
+    assert attention["cell"] > 3 * attention["cell_if_uniform"], attention
 
 
 def test_crops_do_not_leak_the_treatment_outside_cells(project):
