@@ -259,8 +259,9 @@ def summary_markdown(table: pd.DataFrame, models: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_arguments(doc: str) -> argparse.ArgumentParser:
+    """The command-line options both validation studies share."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "results" / "validate")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cores", type=int, default=2)
@@ -271,6 +272,11 @@ def main() -> None:
         help="integrated gradients' steps (default: the mini config's profile.ig_steps); "
         "the README's tables were made at 4",
     )
+    return parser
+
+
+def main() -> None:
+    parser = study_arguments(__doc__)
     parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -24,7 +24,6 @@ Writes ``penalty_models.tsv`` (one row per model) and ``penalty_summary.md``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -43,7 +42,7 @@ from gradcamo.store import CropStore
 from gradcamo.training import TrainSettings, train_classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the attribution study's helpers
-from validate_attribution import REPO, variant_splits  # noqa: E402
+from validate_attribution import REPO, study_arguments, variant_splits  # noqa: E402
 
 #: The settings compared, as overrides of the mini config's ``train`` section. RRR's weight
 #: follows Ross et al.: the input-gradient term on the order of the cross-entropy at the
@@ -214,17 +213,7 @@ def summary_markdown(models: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "validate")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument(
-        "--ig-steps",
-        type=int,
-        default=None,
-        help="integrated gradients' steps (default: the mini config's profile.ig_steps); "
-        "the README's tables were made at 4",
-    )
+    parser = study_arguments(__doc__)
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument(
         "--variants", nargs="*", default=["confounded", "clean"], choices=["confounded", "clean"]
