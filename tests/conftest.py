@@ -27,9 +27,14 @@ for _var, _sub in (
     Path(os.environ[_var]).mkdir(parents=True, exist_ok=True)
 
 
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """The command line that runs the repository's workflow in ``workdir``."""
+    return [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+
+
 def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800):
     """Run the repository's workflow in ``workdir`` (its own config/ and results/)."""
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    cmd = snakemake_command(workdir, *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import SNAKEMAKE, run_snakemake, slurm_cluster, slurm_profile
+from conftest import run_snakemake, slurm_cluster, slurm_profile, snakemake_command
 
 pytestmark = [
     pytest.mark.workflow,
@@ -197,17 +197,16 @@ def test_cancelled_train_job_is_retried_and_resumes_to_the_same_model(mini_run, 
     settings = yaml.safe_load((profile / "config.yaml").read_text())
     settings["set-threads"]["train"] = 1
     (profile / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
-    snakefile = str(Path(__file__).resolve().parents[1] / "Snakefile")
     # The uninterrupted reference trains beside the SLURM job (one thread each on 2 cores).
     reference_log = tmp_path / "reference.out"
     with reference_log.open("w") as out:
         reference = subprocess.Popen(
-            [SNAKEMAKE, "-s", snakefile, "-d", str(local), "--cores", "1", "results/train/model.pt"],
+            snakemake_command(local, "--cores", "1", "results/train/model.pt"),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
-        _cancel_and_retry(slurm, profile, snakefile)
+        _cancel_and_retry(slurm, profile)
         assert reference.wait(timeout=1200) == 0, reference_log.read_text()[-5000:]
     finally:
         if reference.poll() is None:
@@ -222,12 +221,11 @@ def test_cancelled_train_job_is_retried_and_resumes_to_the_same_model(mini_run, 
         torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=0, msg=key)
 
 
-def _cancel_and_retry(slurm: Path, profile: Path, snakefile: str) -> None:
+def _cancel_and_retry(slurm: Path, profile: Path) -> None:
     """Run train through SLURM in ``slurm``, scancel its job after epoch 1, and check that
     the retry resumed from the checkpoint and completed."""
-    cmd = [SNAKEMAKE, "-s", snakefile, "-d", str(slurm)]
     runner = subprocess.Popen(
-        [*cmd, "--profile", str(profile), "results/train/model.pt"],
+        snakemake_command(slurm, "--profile", str(profile), "results/train/model.pt"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
