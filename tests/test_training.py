@@ -348,6 +348,10 @@ def test_outputs_are_complete_and_loadable(trained, wells):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["classes"] == sorted(TREATMENTS)
     assert metrics["best_epoch"] == meta["best_epoch"]
+    # what decides the float rounding is recorded with the model and in the metrics
+    assert metrics["numerics"] == meta["numerics"]
+    assert meta["numerics"]["torch"] == torch.__version__ and meta["numerics"]["threads"] >= 1
+    assert meta["numerics"]["device"].startswith("CPU") and meta["numerics"]["cpu_capability"]
     for split in ("train", "val", "test"):
         m = metrics["splits"][split]
         assert m["n_cells"] == (wells["split"] == split).sum() * 10

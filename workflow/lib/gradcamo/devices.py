@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -30,6 +32,27 @@ def device_name(device: torch.device, threads: int | None = None) -> str:
     if device.type == "cuda":
         return f"GPU {torch.cuda.get_device_name(device)}"
     return f"CPU ({threads or torch.get_num_threads()} threads)"
+
+
+def numerics(device: torch.device) -> dict:
+    """What decides a run's float rounding besides its inputs and seed: the torch version, the
+    device, the CPU's instruction set that torch's kernels dispatch to (``AVX2``,
+    ``AVX512``...), the CPU's model and the thread count. Two CPU trainings of the same inputs
+    agree to the bit only where these agree; recorded with every model so that a run that
+    differs can be told apart from one that should not."""
+    cpu_model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        cpu_model = names[0] if names else cpu_model
+    return {
+        "torch": torch.__version__,
+        "device": device_name(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:

@@ -55,7 +55,7 @@ from gradcamo.data import (
     cell_table,
     check_stores,
 )
-from gradcamo.devices import autocast_dtype, reproducible
+from gradcamo.devices import autocast_dtype, numerics, reproducible
 from gradcamo.errors import InputError
 from gradcamo.io import atomic_path
 from gradcamo.metrics import classification_metrics, loss_and_accuracy
@@ -409,6 +409,8 @@ def train_classifier(
     extra = {"channels": list(channels), "crop_shape": [int(s) for s in crop_shape]}
     key = fingerprint(settings, wells, classes, extra)
     amp = autocast_dtype(device, settings.mixed_precision)
+    environment = numerics(device)
+    log.info("numerics: %s", ", ".join(f"{name} {value}" for name, value in environment.items()))
     with reproducible(device):
         model, progress = _fit(
             dataset("train", augmented=True),
@@ -438,6 +440,7 @@ def train_classifier(
         "epochs_run": len(progress.history),
         "config": settings.as_dict(),
         "fingerprint": key,
+        "numerics": environment,
     }
     history = pd.DataFrame(progress.history, columns=list(HISTORY_COLUMNS))
     return TrainResult(model=model.cpu().eval(), meta=meta, history=history, metrics=metrics)
@@ -637,6 +640,8 @@ def write_training_outputs(
         # how the model was pushed to look at the cell, if it was (the run summary reports it)
         "attention_penalty": config.get("attention_penalty"),
         "context_swap": config.get("context_swap"),
+        # what decides the float rounding: two runs agree to the bit only where this agrees
+        "numerics": result.meta.get("numerics"),
         "splits": result.metrics,
     }
     with atomic_path(metrics_path) as tmp:
