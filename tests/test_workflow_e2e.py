@@ -13,6 +13,7 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import mini_sheet_rows, run_snakemake
 from gradcamo.store import CropStore
 
@@ -143,6 +144,9 @@ def test_aggregate_tables_and_summary(project):
     # how the model was trained to look at the cell: not at all, by default
     assert summary["training"]["attention_penalty"]["weight"] == 0
     assert summary["training"]["context_swap"]["probability"] == 0
+    # and on what: a run that rounds differently can be told from one that should not
+    assert summary["training"]["numerics"]["device"].startswith("CPU")
+    assert summary["training"]["numerics"]["torch"] == torch.__version__
     attention = summary["attention"]
     assert set(attention) == {"cell", "neighbours", "background", "cell_if_uniform"}
     assert attention["cell"] == pytest.approx(summary["gradcamo"]["mean"])

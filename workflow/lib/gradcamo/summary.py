@@ -125,7 +125,7 @@ def summary(
         "accuracy": split_accuracies(metrics),
         "training": {
             k: metrics[k]
-            for k in ("best_epoch", "epochs_run", "attention_penalty", "context_swap")
+            for k in ("best_epoch", "epochs_run", "attention_penalty", "context_swap", "numerics")
             if k in metrics
         },
         "attribution": dict(attribution or {}),
