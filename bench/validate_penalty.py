@@ -201,6 +201,39 @@ def unpenalised_clean_rows(models_table: Path, rows: list[dict]) -> list[dict]:
     ]
 
 
+#: The bar a recommended setting must clear against weight 0 on the confounded variant, as
+#: the change of the mean over seeds: Grad-CAMO > 0.5 under a map no setting is trained on
+#: (integrated gradients) and mean cell reliance up by 20 points each, accuracy on the
+#: shortcut-free counterparts up; and at most 2 points of test accuracy lost on the clean one.
+BAR = {"share_above_0.5_integrated_gradients": 0.20, "cell_reliance": 0.20, "shortcut_free_accuracy": 0.0}
+CLEAN_COST_LIMIT = 0.02
+
+
+def against_weight_0(models: pd.DataFrame) -> pd.DataFrame:
+    """Each setting's change over weight 0 on the same seed: one row per setting and seed
+    with the differences of :data:`BAR`'s metrics (confounded variant; NaN where either model
+    is missing) and ``clean_cost``, weight 0's clean-variant test accuracy minus the
+    setting's. Pairing by seed takes the seeds' common part (the crops, the split, the
+    initial weights) out of the comparison."""
+    confounded = models[models.variant == "confounded"].set_index(["setting", "seed"])
+    clean = models[models.variant == "clean"].set_index(["setting", "seed"])["test_accuracy"]
+    rows = []
+    for setting in sorted(set(models.setting) - {"weight 0"}, key=list(SETTINGS).index):
+        for seed in sorted(models.loc[models.setting == setting, "seed"].unique()):
+            row = {"setting": setting, "seed": int(seed)}
+            for metric in BAR:
+                both = {(setting, seed), ("weight 0", seed)} <= set(confounded.index)
+                row[metric] = (
+                    confounded.loc[(setting, seed), metric] - confounded.loc[("weight 0", seed), metric]
+                    if both
+                    else np.nan
+                )
+            both = {(setting, seed), ("weight 0", seed)} <= set(clean.index)
+            row["clean_cost"] = clean[("weight 0", seed)] - clean[(setting, seed)] if both else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["setting", "seed", *BAR, "clean_cost"])
+
+
 def summary_markdown(models: pd.DataFrame) -> str:
     metrics = {
         "share_above_0.5_input_x_gradient": "Grad-CAMO > 0.5, input×gradient",
@@ -214,11 +247,13 @@ def summary_markdown(models: pd.DataFrame) -> str:
     confounded = models[models.variant == "confounded"].groupby("setting", sort=False)
     clean = models[models.variant == "clean"].groupby("setting", sort=False)["test_accuracy"]
 
-    def cell(mean, sd):
-        return f"{mean:.2f}" + (f"±{sd:.2f}" if np.isfinite(sd) else "")
+    def cell(mean, sd, digits=2):
+        return f"{mean:.{digits}f}" + (f"±{sd:.{digits}f}" if np.isfinite(sd) else "")
 
     lines = [
-        "| setting | " + " | ".join(metrics.values()) + " | accuracy, clean variant | seeds |",
+        "| setting | "
+        + " | ".join(metrics.values())
+        + " | accuracy, clean variant | seeds (confounded / clean) |",
         "|---|" + "---|" * (len(metrics) + 2),
     ]
     mean, sd = confounded.mean(numeric_only=True), confounded.std(ddof=1, numeric_only=True)
@@ -229,8 +264,34 @@ def summary_markdown(models: pd.DataFrame) -> str:
             for m in metrics
         ]
         accuracy = cell(clean_mean[setting], clean_sd[setting]) if setting in clean_mean else "–"
-        seeds = int(models.loc[models.setting == setting, "seed"].nunique())
+        seeds = " / ".join(
+            str(models.loc[(models.setting == setting) & (models.variant == v), "seed"].nunique())
+            for v in ("confounded", "clean")
+        )
         lines.append(f"| {setting} | " + " | ".join(values) + f" | {accuracy} | {seeds} |")
+    deltas = against_weight_0(models)
+    if deltas.empty:
+        return "\n".join(lines) + "\n"
+    lines += [
+        "",
+        "Against weight 0 on the same seeds (mean ± SD of the paired differences; the bar: "
+        "+0.20, +0.20, > 0 and a cost ≤ 0.02, on the means):",
+        "",
+        "| setting | Δ Grad-CAMO > 0.5, integrated gradients | Δ cell reliance "
+        "| Δ accuracy, same cells without the shortcut | accuracy lost, clean variant "
+        "| seeds | meets the bar |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for setting, group in deltas.groupby("setting", sort=False):
+        mean, sd = group.mean(numeric_only=True), group.std(ddof=1, numeric_only=True)
+        values = [
+            cell(mean[m], sd[m], digits=3) if group[m].notna().any() else "–" for m in [*BAR, "clean_cost"]
+        ]
+        meets = all(mean[m] >= bar if bar > 0 else mean[m] > bar for m, bar in BAR.items()) and (
+            mean["clean_cost"] <= CLEAN_COST_LIMIT
+        )
+        seeds = int(group[list(BAR)].notna().all(axis=1).sum())
+        lines.append(f"| {setting} | " + " | ".join(values) + f" | {seeds} | {'yes' if meets else 'no'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -93,6 +93,51 @@ def test_penalty_summary_gives_each_setting_its_means_seeds_and_clean_cost():
     rows.append({"setting": "weight 0", "seed": 0, "variant": "clean", "test_accuracy": 0.65})
     lines = PENALTY_STUDY["summary_markdown"](pd.DataFrame(rows)).splitlines()
     weight0, weight1 = lines[2], lines[3]  # in the study's order of settings
-    assert weight0.startswith("| weight 0 |") and weight0.endswith("| 0.65 | 1 |")
+    assert weight0.startswith("| weight 0 |") and weight0.endswith("| 0.65 | 0 / 1 |")
     assert weight1.startswith("| weight 1 | 0.30±0.14 | 0.30±0.14 | 0.30±0.14 | 0.30±0.00 |")
-    assert weight1.endswith("| 0.62±0.03 | 2 |")
+    assert weight1.endswith("| 0.62±0.03 | 2 / 2 |")
+
+
+def _confounded_row(setting, seed, share, reliance, shortcut_free):
+    return {
+        "setting": setting,
+        "seed": seed,
+        "variant": "confounded",
+        "share_above_0.5_integrated_gradients": share,
+        "cell_reliance": reliance,
+        "shortcut_free_accuracy": shortcut_free,
+        "test_accuracy": 0.9,
+    }
+
+
+def test_penalty_study_judges_each_setting_against_weight_0_on_the_same_seeds():
+    clean = {"weight 0": [0.60, 0.50], "weight 1": [0.59, 0.49], "weight 10": [0.40, 0.30]}
+    rows = [
+        row
+        for seed in (0, 1)
+        for row in (
+            _confounded_row("weight 0", seed, 0.05 + 0.1 * seed, 0.15 + 0.1 * seed, 0.5),
+            _confounded_row("weight 1", seed, 0.30 + 0.1 * seed, 0.40 + 0.1 * seed, 0.6 + 0.1 * seed),
+            _confounded_row("weight 10", seed, 0.90, 0.20, 0.3),
+        )
+    ]
+    rows += [
+        {"setting": setting, "seed": seed, "variant": "clean", "test_accuracy": accuracy}
+        for setting, accuracies in clean.items()
+        for seed, accuracy in enumerate(accuracies)
+    ]
+    # a seed weight 0 lacks is not compared
+    rows.append(_confounded_row("weight 1", 2, 0.9, 0.9, 0.9))
+    deltas = PENALTY_STUDY["against_weight_0"](pd.DataFrame(rows)).set_index(["setting", "seed"])
+    assert deltas.loc[("weight 1", 0), "share_above_0.5_integrated_gradients"] == pytest.approx(0.25)
+    assert deltas.loc[("weight 1", 1), "cell_reliance"] == pytest.approx(0.25)
+    assert deltas.loc[("weight 1", 1), "shortcut_free_accuracy"] == pytest.approx(0.2)
+    assert deltas.loc[("weight 1", 0), "clean_cost"] == pytest.approx(0.01)
+    assert np.isnan(deltas.loc[("weight 1", 2), "cell_reliance"])
+    assert deltas.loc[("weight 10", 1), "clean_cost"] == pytest.approx(0.2)
+    lines = PENALTY_STUDY["summary_markdown"](pd.DataFrame(rows)).splitlines()
+    weight1 = next(line for line in lines if line.startswith("| weight 1 | 0.250"))
+    assert weight1.endswith("| 0.010±0.000 | 2 | yes |")
+    # a high share of a model that lost its cell reliance and its accuracy does not pass
+    weight10 = next(line for line in lines if line.startswith("| weight 10 | 0.800"))
+    assert weight10.endswith("| no |")
