@@ -217,19 +217,19 @@ def against_weight_0(models: pd.DataFrame) -> pd.DataFrame:
     initial weights) out of the comparison."""
     confounded = models[models.variant == "confounded"].set_index(["setting", "seed"])
     clean = models[models.variant == "clean"].set_index(["setting", "seed"])["test_accuracy"]
+    trained = {"confounded": set(confounded.index), "clean": set(clean.index)}
     rows = []
     for setting in sorted(set(models.setting) - {"weight 0"}, key=list(SETTINGS).index):
         for seed in sorted(models.loc[models.setting == setting, "seed"].unique()):
+            pair = [(setting, seed), ("weight 0", seed)]
             row = {"setting": setting, "seed": int(seed)}
             for metric in BAR:
-                both = {(setting, seed), ("weight 0", seed)} <= set(confounded.index)
                 row[metric] = (
-                    confounded.loc[(setting, seed), metric] - confounded.loc[("weight 0", seed), metric]
-                    if both
+                    confounded.loc[pair[0], metric] - confounded.loc[pair[1], metric]
+                    if set(pair) <= trained["confounded"]
                     else np.nan
                 )
-            both = {(setting, seed), ("weight 0", seed)} <= set(clean.index)
-            row["clean_cost"] = clean[("weight 0", seed)] - clean[(setting, seed)] if both else np.nan
+            row["clean_cost"] = clean[pair[1]] - clean[pair[0]] if set(pair) <= trained["clean"] else np.nan
             rows.append(row)
     return pd.DataFrame(rows, columns=["setting", "seed", *BAR, "clean_cost"])
 
