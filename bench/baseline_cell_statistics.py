@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,9 @@ from gradcamo.store import CropStore
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other bench scripts' helpers
+from train_on_crops import per_treatment_accuracy  # noqa: E402
 
 STATISTICS = ("mean", "sd", "cv", "p90")
 
@@ -75,8 +79,7 @@ def main() -> None:
         print(f"the run's network: test accuracy {test_metrics['accuracy']:.3f}")
         print(pd.DataFrame(counts, index=pd.Index(labels, name="treatment"), columns=labels))
         per_class = correct.groupby(test.treatment).mean()
-        for label, row in zip(labels, counts):
-            network = row[labels.index(label)] / max(sum(row), 1)
+        for label, network in per_treatment_accuracy(test_metrics).items():
             print(f"{label}: linear model {per_class.get(label, np.nan):.2f}, network {network:.2f}")
 
 
