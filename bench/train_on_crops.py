@@ -18,10 +18,11 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
-from gradcamo.training import TrainSettings, train_classifier
+from gradcamo.training import TrainSettings, ValidationAudit, train_classifier
 
 
 def per_treatment_accuracy(split_metrics: dict) -> dict:
@@ -60,6 +61,12 @@ def main() -> None:
     wells = pd.read_csv(results / "split" / "wells.tsv", sep="\t", dtype=str)
     wells["store"] = [str(results / "crops" / p / w) for p, w in zip(wells.plate, wells.well)]
 
+    # the plates' neutral fills, for the per-epoch validation audit (as the train rule)
+    audit = ValidationAudit(
+        fills={plate: np.load(results / "crops" / plate / "fill.npy") for plate in sorted(set(wells.plate))},
+        cell_margin=config["crops"]["cell_margin"],
+        seed=config["crops"]["fill"]["seed"],
+    )
     start = time.perf_counter()
     result = train_classifier(
         wells,
@@ -67,6 +74,7 @@ def main() -> None:
         config["channels"],
         config["crops"]["shape"],
         torch.device(args.device),
+        audit=audit,
     )
     seconds = time.perf_counter() - start
     summary = {
@@ -75,6 +83,11 @@ def main() -> None:
         "seconds": round(seconds, 1),
         "best_epoch": result.meta["best_epoch"],
         "epochs_run": result.meta["epochs_run"],
+        # the best epoch's validation audit: accuracy from the cell alone, the context alone
+        **{
+            column: round(float(result.history.loc[result.meta["best_epoch"] - 1, column]), 3)
+            for column in ("val_accuracy", "val_cell_accuracy", "val_context_accuracy")
+        },
         **{f"{split}_accuracy": round(m["accuracy"], 3) for split, m in result.metrics.items()},
         "chance": round(result.metrics["test"]["chance_level"], 3),
         # a treatment the model never learns hides in the overall accuracy

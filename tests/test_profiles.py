@@ -7,14 +7,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from gradcamo.audit import background_statistics, counterfactual_crops
+from gradcamo.audit import audit_seeds, background_statistics, counterfactual_crops
 from gradcamo.errors import InputError
 from gradcamo.gradcam import GradCamProfiler, gradcamo_score, region_share, upsample_cam
 from gradcamo.model import build_model, load_checkpoint, save_checkpoint
 from gradcamo.profiles import (
     ATTENTION_COLUMNS,
     UNIFORM_COLUMN,
-    audit_seeds,
     check_store_matches,
     empty_profile_table,
     feature_columns,

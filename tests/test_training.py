@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from gradcamo.audit import audit_seeds, counterfactual_crops
 from gradcamo.context import dilate
 from gradcamo.data import (
     Augmentation,
@@ -36,7 +37,15 @@ from gradcamo.model import build_model, load_checkpoint, save_checkpoint, set_dr
 from gradcamo.resume import fingerprint, load_resume_state, save_resume_state
 from gradcamo.split import split_wells
 from gradcamo.store import CropStore, CropStoreWriter
-from gradcamo.training import HISTORY_COLUMNS, TrainSettings, train_classifier, write_training_outputs
+from gradcamo.training import (
+    HISTORY_COLUMNS,
+    TrainSettings,
+    ValidationAudit,
+    selection_score,
+    train_classifier,
+    validation_counterfactuals,
+    write_training_outputs,
+)
 
 CHANNELS = ["DNA", "ER", "Mito"]
 CROP = (8, 16, 16)
@@ -50,6 +59,8 @@ TRAIN_CONFIG = {
     "learning_rate": 0.002,
     "weight_decay": 0.05,
     "patience": 5,
+    "select_by": "accuracy",
+    "audit_cells": 256,
     "seed": 0,
     "num_workers": 0,
     "mixed_precision": True,
@@ -116,11 +127,30 @@ def write_wells(
             writer.write(images, masks)
             writer.close(
                 pd.DataFrame(
-                    {"Metadata_Plate": [plate] * cells_per_well, "Metadata_Well": [well] * cells_per_well}
+                    {
+                        "Metadata_Plate": [plate] * cells_per_well,
+                        "Metadata_Well": [well] * cells_per_well,
+                        "Metadata_Site": [1] * cells_per_well,
+                        "Metadata_ObjectNumber": np.arange(1, cells_per_well + 1),
+                    }
                 )
             )
             rows.append({"plate": plate, "well": well, "treatment": treatment, "store": str(path)})
     return pd.DataFrame(rows)
+
+
+def blob_fills(wells: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each plate's neutral fill, as the crop stage draws it: the voxels ``(M, C)`` of its
+    wells' crops farther than 2 voxels from the cell."""
+    fills = {}
+    for plate, rows in wells.groupby("plate"):
+        voxels = []
+        for path in rows["store"]:
+            store = CropStore.open(path)
+            away = ~dilate(np.asarray(store.masks) == 1, 2)  # (N, Z, Y, X)
+            voxels.append(np.moveaxis(np.asarray(store.images, np.float32), 1, -1)[away])
+        fills[plate] = np.concatenate(voxels)
+    return fills
 
 
 def split_table(wells: pd.DataFrame) -> pd.DataFrame:
@@ -478,3 +508,78 @@ def test_validation_without_a_treatment_still_trains(wells, caplog):
     assert sum(val["confusion_matrix"]["counts"][dmso]) == 0
     assert val["n_cells"] == 20 and 0 <= val["balanced_accuracy"] <= 1
     assert np.isfinite(result.history["val_accuracy"]).all()
+
+
+# ----------------------------------------------------------------------------- the validation audit
+
+
+def test_validation_cells_are_taken_apart_as_the_profile_audit_takes_them_apart(wells):
+    """Each validation cell's two counterfactuals are the profile stage's (same fill, margin
+    and per-cell seeds), stored as float16; a cap keeps a seeded subset in store order."""
+    fills = blob_fills(wells)
+    stores, cells = cell_table(wells)
+    val = np.flatnonzero(cells["split"] == "val")
+    store_index, row = cells["store"].to_numpy()[val], cells["row"].to_numpy()[val]
+    data = CropCells(stores, store_index, row, np.arange(len(val)))
+    audit = ValidationAudit(fills, cell_margin=1, seed=3)
+    out = validation_counterfactuals(data, audit, max_cells=1000, seed=0)
+    assert out.cell_alone.dtype == torch.float16 and out.cell_alone.shape == (len(val), len(CHANNELS), *CROP)
+    np.testing.assert_array_equal(out.labels, np.arange(len(val)))
+    at = 0
+    for path in wells.loc[wells["split"] == "val", "store"]:
+        store = CropStore.open(path)
+        n = len(store)
+        without_cell, without_context = counterfactual_crops(
+            np.asarray(store.images, np.float32),
+            np.asarray(store.masks),
+            fills[store.cells["Metadata_Plate"].iloc[0]],
+            1,
+            audit_seeds(store.cells, 3),
+        )
+        np.testing.assert_array_equal(out.cell_alone[at : at + n].numpy(), without_context.astype(np.float16))
+        np.testing.assert_array_equal(out.context_alone[at : at + n].numpy(), without_cell.astype(np.float16))
+        at += n
+    capped = validation_counterfactuals(data, audit, max_cells=7, seed=0)
+    assert len(capped.labels) == 7 and np.all(np.diff(capped.labels) > 0)  # a subset, in order
+    np.testing.assert_array_equal(capped.cell_alone.numpy(), out.cell_alone[capped.labels].numpy())
+    plate = wells.loc[wells["split"] == "val", "plate"].iloc[0]
+    others = {name: fill for name, fill in fills.items() if name != plate}
+    with pytest.raises(InputError, match=f"plate '{plate}' has no neutral fill"):
+        validation_counterfactuals(data, ValidationAudit(others, 1, 3), 1000, 0)
+
+
+def test_training_audits_its_validation_cells_and_can_keep_the_epoch_that_reads_the_cell_best(wells, caplog):
+    caplog.set_level("INFO", logger="gradcamo.training")
+    settings = TrainSettings.from_config(
+        {**TRAIN_CONFIG, "epochs": 3, "select_by": "cell_accuracy", "mixed_precision": False}
+    )
+    audit = ValidationAudit(blob_fills(wells), cell_margin=1, seed=0)
+    result = train_classifier(wells, settings, CHANNELS, CROP, "cpu", audit=audit)
+    history = result.history
+    assert tuple(history.columns) == HISTORY_COLUMNS
+    for column in ("val_cell_accuracy", "val_context_accuracy"):
+        assert history[column].between(0, 1).all(), history
+    assert "validation audit: 30 validation cells" in caplog.text
+    assert "(cell alone " in caplog.text and "accuracy from the cell alone" in caplog.text
+    scores = [
+        selection_score("cell_accuracy", row.val_accuracy, row.val_loss, row.val_cell_accuracy)
+        for row in history.itertuples()
+    ]
+    best_row = max(range(len(scores)), key=scores.__getitem__)  # the first of equal scores
+    assert result.meta["best_epoch"] == int(history["epoch"].iloc[best_row])
+    # The blobs' size and colour are in the cell: from the cell alone the model keeps most of
+    # what it reads; from the context alone (the blob replaced) it is near chance.
+    best = history.loc[history["epoch"] == result.meta["best_epoch"]].iloc[0]
+    assert best["val_cell_accuracy"] > best["val_context_accuracy"], history
+
+
+def test_selection_settings_are_checked(wells):
+    with pytest.raises(InputError, match="train.select_by is 'loss'"):
+        TrainSettings.from_config({**TRAIN_CONFIG, "select_by": "loss"})
+    with pytest.raises(InputError, match="train.audit_cells is 0"):
+        TrainSettings.from_config({**TRAIN_CONFIG, "select_by": "cell_accuracy", "audit_cells": 0})
+    settings = TrainSettings.from_config({**TRAIN_CONFIG, "select_by": "cell_accuracy"})
+    with pytest.raises(InputError, match="needs the plates' neutral fills"):
+        train_classifier(wells, settings, CHANNELS, CROP)
+    assert selection_score("accuracy", 0.5, 1.0, 0.9) == (0.5, -1.0)
+    assert selection_score("cell_accuracy", 0.5, 1.0, 0.9) == (0.9, 0.5, -1.0)

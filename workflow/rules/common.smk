@@ -107,6 +107,11 @@ def expand_wells(pattern):
     return [pattern.format(plate=p, well=w) for p, w in zip(WELLS.plate, WELLS.well)]
 
 
+def expand_plates(pattern):
+    """``pattern`` formatted with ``plate`` for every plate of the sheet."""
+    return [pattern.format(plate=p) for p in sorted(set(WELLS.plate))]
+
+
 # The sheet's rows of every well, grouped once: an input function per job must not filter
 # the whole sheet (a 10-plate screen has 35,000 rows and 3,840 wells per rule).
 SITES_OF_WELL = {

@@ -28,6 +28,8 @@ rule train:
         cells=expand_wells("results/crops/{plate}/{well}/cells.parquet"),
         store_json=expand_wells("results/crops/{plate}/{well}/store.json"),
         split="results/split/wells.tsv",
+        # The plates' neutral fills: the per-epoch audit of the validation cells.
+        fills=expand_plates("results/crops/{plate}/fill.npy"),
     output:
         model="results/train/model.pt",
         history="results/train/history.tsv",
@@ -45,6 +47,8 @@ rule train:
         channels=CHANNELS,
         crop_shape=config["crops"]["shape"],
         settings=config["train"],
+        cell_margin=config["crops"]["cell_margin"],
+        fill_seed=config["crops"]["fill"]["seed"],
         resume="results/train/resume/last.pt",
     script:
         "../scripts/train.py"

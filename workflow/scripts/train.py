@@ -2,12 +2,13 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from gradcamo.devices import choose_device
 from gradcamo.errors import InputError
 from gradcamo.logs import log_to
-from gradcamo.training import TrainSettings, train_classifier, write_training_outputs
+from gradcamo.training import TrainSettings, ValidationAudit, train_classifier, write_training_outputs
 
 log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 sm = snakemake  # noqa: F821
@@ -23,8 +24,20 @@ wells["store"] = [stores[(p, w)] for p, w in zip(wells.plate, wells.well)]
 
 settings = TrainSettings.from_config(sm.params.settings)
 device = choose_device(sm.resources.gpu)
+# results/crops/{plate}/fill.npy: the plate's neutral fill, as the profile stage's audit uses it.
+audit = ValidationAudit(
+    fills={Path(path).parent.name: np.load(path) for path in sm.input.fills},
+    cell_margin=sm.params.cell_margin,
+    seed=sm.params.fill_seed,
+)
 result = train_classifier(
-    wells, settings, sm.params.channels, sm.params.crop_shape, device, resume_path=sm.params.resume
+    wells,
+    settings,
+    sm.params.channels,
+    sm.params.crop_shape,
+    device,
+    resume_path=sm.params.resume,
+    audit=audit,
 )
 write_training_outputs(result, sm.output.model, sm.output.history, sm.output.metrics)
 # The run is complete: a later rerun (new code, forced) trains afresh instead of resuming.

@@ -22,9 +22,11 @@ Axes: crops ``(N, C, Z, Y, X)``, masks ``(N, Z, Y, X)``, fill ``(M, C)``.
 
 from __future__ import annotations
 
+import zlib
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -49,6 +51,16 @@ def counterfactual_crops(
     without_cell = replace_regions(images, cell, fill, [(*_seq(s), 0) for s in seeds])
     without_context = replace_regions(images, ~cell, fill, [(*_seq(s), 1) for s in seeds])
     return without_cell, without_context
+
+
+def audit_seeds(cells: pd.DataFrame, seed: int) -> list[tuple[int, ...]]:
+    """Per cell, the seed of its counterfactuals' fill: ``(seed, plate/well code, site,
+    object number)``, so a cell's audit depends neither on batching nor on the run."""
+    codes = [zlib.crc32(f"{p}/{w}".encode()) for p, w in zip(cells["Metadata_Plate"], cells["Metadata_Well"])]
+    return [
+        (int(seed), int(code), int(site), int(obj))
+        for code, site, obj in zip(codes, cells["Metadata_Site"], cells["Metadata_ObjectNumber"])
+    ]
 
 
 def _seq(seed) -> tuple:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -42,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gradcamo.audit import background_statistics, counterfactual_crops, target_probabilities
+from gradcamo.audit import audit_seeds, background_statistics, counterfactual_crops, target_probabilities
 from gradcamo.columns import (
     ATTENTION_COLUMNS,
     AUDIT_PREDICTION_COLUMNS,
@@ -261,16 +260,6 @@ def target_class_index(target_class: str, treatment: str, classes: Sequence[str]
             f"model's classes {list(classes)}"
         )
     return list(classes).index(treatment)
-
-
-def audit_seeds(cells: pd.DataFrame, seed: int) -> list[tuple[int, ...]]:
-    """Per cell, the seed of its counterfactuals' fill: ``(seed, plate/well code, site,
-    object number)``, so a cell's audit depends neither on batching nor on the run."""
-    codes = [zlib.crc32(f"{p}/{w}".encode()) for p, w in zip(cells["Metadata_Plate"], cells["Metadata_Well"])]
-    return [
-        (int(seed), int(code), int(site), int(obj))
-        for code, site, obj in zip(codes, cells["Metadata_Site"], cells["Metadata_ObjectNumber"])
-    ]
 
 
 def profile_store(

@@ -10,8 +10,14 @@ metrics per split. Training
   epoch, cosine decay over all planned steps);
 - uses autocast mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler);
 - recomputes the batch-norm statistics before every evaluation (:func:`refresh_batch_norm`);
-- keeps the weights of the epoch with the best validation accuracy (ties: lower validation
-  loss) and stops when it has not improved for ``patience`` epochs;
+- audits the validation cells after every epoch when given the plates' neutral fills
+  (:class:`ValidationAudit`): the accuracy from the cell alone and from its context alone,
+  the profile stage's counterfactuals, so the log says each epoch whether the model is
+  learning the cell or its surroundings;
+- keeps the weights of the epoch with the best validation accuracy (``select_by:
+  accuracy``; ties: lower validation loss) or the best accuracy from the cell alone
+  (``select_by: cell_accuracy``; ties: validation accuracy, then loss), and stops when that
+  has not improved for ``patience`` epochs;
 - writes a resume state after every epoch (atomically); a rerun with the same settings and
   data continues from it, and on the CPU ends bitwise-identical to an uninterrupted run.
   A state made with other settings or data is ignored (with a warning): training restarts.
@@ -26,7 +32,9 @@ augmented training draws (training mode); ``train_penalty`` (the penalty before 
 mean over draws), ``penalty_share_of_loss`` (weighted penalty / total loss, summed over the
 epoch) and ``penalty_zero_maps`` (draws whose map was zero everywhere), NaN with the penalty
 off; ``val_loss`` / ``val_accuracy`` over the validation cells (evaluation mode, NaN without
-validation cells), ``learning_rate`` of the epoch's last step, ``seconds``.
+validation cells), ``val_cell_accuracy`` / ``val_context_accuracy`` from the audit's
+counterfactuals of (up to ``audit_cells``) validation cells (NaN without an audit),
+``learning_rate`` of the epoch's last step, ``seconds``.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from gradcamo.audit import audit_seeds, counterfactual_crops
 from gradcamo.data import (
     Augmentation,
     BalancedDraws,
@@ -70,6 +79,7 @@ from gradcamo.resume import (
     rng_state,
     save_resume_state,
 )
+from gradcamo.store import CropStore
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +93,15 @@ HISTORY_COLUMNS = (
     "penalty_zero_maps",
     "val_loss",
     "val_accuracy",
+    "val_cell_accuracy",
+    "val_context_accuracy",
     "learning_rate",
     "seconds",
 )
 #: At most this many training cells give the batch-norm statistics used in evaluation.
 BATCH_NORM_CELLS = 2048
+#: What ``select_by`` can keep the best epoch by.
+SELECTION_CRITERIA = ("accuracy", "cell_accuracy")
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,8 @@ class TrainSettings:
     learning_rate: float
     weight_decay: float
     patience: int
+    select_by: str
+    audit_cells: int
     seed: int
     num_workers: int
     mixed_precision: bool
@@ -159,6 +175,16 @@ class TrainSettings:
                 f"config key train.attention_penalty.method is {settings.attention_penalty.method!r}, "
                 f"not one of {', '.join(PENALTY_METHODS)}"
             )
+        if settings.select_by not in SELECTION_CRITERIA:
+            raise InputError(
+                f"config key train.select_by is {settings.select_by!r}, "
+                f"not one of {', '.join(SELECTION_CRITERIA)}"
+            )
+        if settings.select_by == "cell_accuracy" and settings.audit_cells < 1:
+            raise InputError(
+                "config key train.select_by is 'cell_accuracy' but train.audit_cells is 0: "
+                "selecting by the accuracy from the cell alone needs the validation audit"
+            )
         if settings.batch_size < 2:
             raise InputError("config key train.batch_size must be at least 2 (batch norm)")
         if settings.epochs < 1 or settings.patience < 1:
@@ -167,6 +193,31 @@ class TrainSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ValidationAudit:
+    """What the per-epoch audit of the validation cells needs: the profile stage's audit.
+
+    ``fills``: plate → its neutral fill ``(M, C)`` (``results/crops/{plate}/fill.npy``,
+    :mod:`gradcamo.context`); ``cell_margin`` and ``seed``: ``crops.cell_margin`` and
+    ``crops.fill.seed``, so a validation cell is taken apart as its profile's audit will
+    take it apart (:func:`gradcamo.audit.counterfactual_crops`, :func:`audit_seeds`).
+    """
+
+    fills: Mapping[str, np.ndarray]
+    cell_margin: int
+    seed: int
+
+
+@dataclass
+class Counterfactuals:
+    """Validation cells taken apart, float16 ``(N, C, Z, Y, X)`` each: ``cell_alone`` (the
+    context replaced by the fill), ``context_alone`` (the cell replaced), and ``labels`` (N,)."""
+
+    cell_alone: torch.Tensor
+    context_alone: torch.Tensor
+    labels: np.ndarray
 
 
 @dataclass
@@ -195,6 +246,46 @@ def evaluation_batch_size(batch_size: int) -> int:
     evaluation uses as batches grow.
     """
     return max(64, 2 * batch_size)
+
+
+def validation_counterfactuals(
+    data: CropCells, audit: ValidationAudit, max_cells: int, seed: int
+) -> Counterfactuals:
+    """The audit's two counterfactuals of up to ``max_cells`` cells of ``data`` (a seeded
+    choice, in store order), made once and kept in memory as float16 (as crops are stored):
+    ``max_cells`` x 2 x C x Z x Y x X x 2 bytes, 1.8 GB for 256 paper-sized (5x21x128x128)
+    crops. Raises :class:`InputError` when a cell's plate has no fill, or an empty one.
+    """
+    pick = np.sort(np.random.default_rng(seed).permutation(len(data))[:max_cells])
+    subset = data.subset(pick)
+    cell_alone = context_alone = None
+    for number in np.unique(subset.store_index):
+        at = np.flatnonzero(subset.store_index == number)
+        store = CropStore.open(subset.stores[number])
+        rows = subset.row[at]
+        cells = store.cells.iloc[rows]
+        plate = str(cells["Metadata_Plate"].iloc[0])
+        fill = audit.fills.get(plate)
+        if fill is None or len(fill) == 0:
+            raise InputError(
+                f"{store.path}: plate {plate!r} has {'no' if fill is None else 'an empty'} neutral fill "
+                "for the validation audit"
+            )
+        without_cell, without_context = counterfactual_crops(
+            np.asarray(store.images[rows], np.float32),
+            np.asarray(store.masks[rows]),
+            fill,
+            audit.cell_margin,
+            audit_seeds(cells, audit.seed),
+        )
+        if cell_alone is None:
+            cell_alone = torch.empty((len(subset), *without_cell.shape[1:]), dtype=torch.float16)
+            context_alone = torch.empty_like(cell_alone)
+        cell_alone[at] = torch.from_numpy(without_context).half()
+        context_alone[at] = torch.from_numpy(without_cell).half()
+    if cell_alone is None:
+        cell_alone = context_alone = torch.zeros((0,), dtype=torch.float16)
+    return Counterfactuals(cell_alone, context_alone, subset.labels)
 
 
 def cell_loader(
@@ -358,6 +449,51 @@ def predict(
     return np.concatenate(out) if out else np.zeros((0, model._fc.out_features), np.float32)
 
 
+@torch.no_grad()
+def predict_crops(
+    model: nn.Module,
+    crops: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+) -> np.ndarray:
+    """Logits ``(N, num_classes)`` float32 of in-memory crops ``(N, C, Z, Y, X)`` (eval mode)."""
+    model.eval()
+    out = []
+    for start in range(0, len(crops), batch_size):
+        images = crops[start : start + batch_size].to(device).float()
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            out.append(model(images).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model._fc.out_features), np.float32)
+
+
+def audit_accuracies(
+    model: nn.Module,
+    counterfactuals: Counterfactuals | None,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+) -> tuple[float, float]:
+    """``(accuracy from the cell alone, accuracy from the context alone)``; NaN without cells."""
+    if counterfactuals is None or len(counterfactuals.labels) == 0:
+        return float("nan"), float("nan")
+    labels = counterfactuals.labels
+    return tuple(
+        float(np.mean(predict_crops(model, crops, batch_size, device, amp).argmax(1) == labels))
+        for crops in (counterfactuals.cell_alone, counterfactuals.context_alone)
+    )
+
+
+def selection_score(
+    select_by: str, val_accuracy: float, val_loss: float, cell_accuracy: float
+) -> tuple[float, ...]:
+    """What the best epoch is chosen by, compared as a tuple: ``(val accuracy, -val loss)``,
+    or with ``cell_accuracy`` ``(accuracy from the cell alone, val accuracy, -val loss)``."""
+    if select_by == "cell_accuracy":
+        return (cell_accuracy, val_accuracy, -val_loss)
+    return (val_accuracy, -val_loss)
+
+
 # --------------------------------------------------------------------------- the whole stage
 
 
@@ -368,6 +504,7 @@ def train_classifier(
     crop_shape: Sequence[int],
     device: torch.device | str = "cpu",
     resume_path: str | os.PathLike | None = None,
+    audit: ValidationAudit | None = None,
 ) -> TrainResult:
     """Train a 3D EfficientNet to predict each cell's treatment from its crop.
 
@@ -380,6 +517,8 @@ def train_classifier(
     crop_shape: ``(Z, Y, X)``; every store must have it.
     device: where to train.
     resume_path: the resume state file, written after every epoch; None: no resuming.
+    audit: the plates' neutral fills for the per-epoch audit of ``settings.audit_cells``
+        validation cells (needed by ``select_by: cell_accuracy``); None: no audit.
 
     Returns
     -------
@@ -406,6 +545,16 @@ def train_classifier(
             with_masks=augmented and settings.attention_penalty.active,
         )
 
+    if audit is None and settings.select_by == "cell_accuracy":
+        raise InputError(
+            "train.select_by 'cell_accuracy' needs the plates' neutral fills (the validation audit)"
+        )
+    counterfactuals = None
+    if audit is not None and settings.audit_cells > 0 and len(rows["val"]):
+        counterfactuals = validation_counterfactuals(
+            dataset("val", augmented=False), audit, settings.audit_cells, settings.seed
+        )
+
     extra = {"channels": list(channels), "crop_shape": [int(s) for s in crop_shape]}
     key = fingerprint(settings, wells, classes, extra)
     amp = autocast_dtype(device, settings.mixed_precision)
@@ -422,6 +571,7 @@ def train_classifier(
             device,
             key,
             resume_path,
+            counterfactuals,
         )
         metrics = {}
         for split in SPLITS:
@@ -474,6 +624,7 @@ def _fit(
     device: torch.device,
     key: str,
     resume_path: str | os.PathLike | None,
+    counterfactuals: Counterfactuals | None = None,
 ) -> tuple[nn.Module, Progress]:
     """The epoch loop; returns the model with its best weights, and the progress."""
     torch.manual_seed(settings.seed)
@@ -534,6 +685,15 @@ def _fit(
             penalty.dilation,
             penalised.layer,
         )
+    if counterfactuals is not None:
+        log.info(
+            "validation audit: %d validation cells, each predicted from the cell alone and from its "
+            "context alone every epoch; the best epoch is the one with the best %s",
+            len(counterfactuals.labels),
+            "accuracy from the cell alone"
+            if settings.select_by == "cell_accuracy"
+            else "validation accuracy",
+        )
     if train_data.context_swap is not None:
         log.info(
             "context swap: %.0f %% of draws take another cell's context (cell widened by %d voxel(s))",
@@ -562,6 +722,7 @@ def _fit(
         refresh_batch_norm(model, bn_data, eval_batch, device, amp)
         val_logits = predict(model, val_data, eval_batch, device, amp, settings.num_workers)
         val_loss, val_acc = loss_and_accuracy(val_logits, val_data.labels)
+        cell_acc, context_acc = audit_accuracies(model, counterfactuals, eval_batch, device, amp)
         seconds = time.perf_counter() - start
         row = (
             epoch,
@@ -572,11 +733,17 @@ def _fit(
             stats.zero_maps,
             val_loss,
             val_acc,
+            cell_acc,
+            context_acc,
             stats.learning_rate,
             seconds,
         )
         # Without validation cells every epoch counts as the best: the last one is kept.
-        score = (val_acc, -val_loss) if len(val_data) else (float(epoch), 0.0)
+        score = (
+            selection_score(settings.select_by, val_acc, val_loss, cell_acc)
+            if len(val_data)
+            else (float(epoch), 0.0)
+        )
         progress.record(dict(zip(HISTORY_COLUMNS, row)), score, model, settings.patience)
         penalty_text = (
             f" | penalty {stats.penalty:.4f} ({100 * stats.penalty_share:.1f} % of the loss, "
@@ -584,8 +751,11 @@ def _fit(
             if penalised is not None
             else ""
         )
+        audit_text = ""
+        if counterfactuals is not None:
+            audit_text = f" (cell alone {cell_acc:.3f}, context alone {context_acc:.3f})"
         log.info(
-            "epoch %d/%d  train loss %.4f acc %.3f%s | val loss %.4f acc %.3f | lr %.2e | "
+            "epoch %d/%d  train loss %.4f acc %.3f%s | val loss %.4f acc %.3f%s | lr %.2e | "
             "%.1f s (%.1f cells/s) | best epoch %d%s",
             epoch,
             settings.epochs,
@@ -594,6 +764,7 @@ def _fit(
             penalty_text,
             val_loss,
             val_acc,
+            audit_text,
             stats.learning_rate,
             seconds,
             draws_per_epoch / seconds,
