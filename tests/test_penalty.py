@@ -1,10 +1,13 @@
 """The attention penalty and context swapping: what each computes, that double backpropagation
-differentiates it correctly, and that a penalised model trained on a shortcut relies less on it.
+differentiates it correctly, and what training with the penalty does.
 
 The last test trains real models (b0, CPU, tiny crops) on cells whose treatment is written
 twice: in the cell (blob size and brightest channel) and, as a shortcut, in the background
-(a treatment-coded level of one channel outside the cell). It judges the penalised model
-not by its map alone but by what it predicts when the shortcut is taken away.
+(a treatment-coded level of one channel outside the cell). The penalty is optimised and moves
+the map off the shortcut; the per-epoch validation audit shows the unpenalised model reading
+the shortcut. Whether the penalised model then predicts better without the shortcut depends
+on the float path of one small training (it did on one machine, not on another over three
+seeds), so that is measured by the study over seeds (``make validate``), not asserted here.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from gradcamo.gradcam import GradCamProfiler, gradcamo_score
 from gradcamo.model import build_model, set_drop_connect_rate
 from gradcamo.penalty import AttentionPenalty, PenalisedModel, dilate_masks, outside_share
 from gradcamo.store import MASK_CELL, MASK_OTHER, CropStore
-from gradcamo.training import HISTORY_COLUMNS, TrainSettings, train_classifier
+from gradcamo.training import HISTORY_COLUMNS, TrainSettings, ValidationAudit, train_classifier
 from test_training import (
     CHANNELS,
     CROP,
     TRAIN_CONFIG,
     TREATMENTS,
     blob_cells,
+    blob_fills,
     one_thread,  # noqa: F401 (autouse: one torch thread in this module too)
     split_table,
     write_wells,
@@ -213,23 +217,38 @@ def test_penalised_training_moves_attention_to_the_cell_and_off_the_shortcut(tmp
     caplog.set_level("INFO", logger="gradcamo.training")
     wells = write_confounded_wells(tmp_path / "confounded")
     clean = write_confounded_wells(tmp_path / "clean", shortcut=False)
+    # The fill: background without the shortcut (the crop stage draws it from control wells).
+    audit = ValidationAudit(blob_fills(clean), cell_margin=1, seed=0)
     results = {}
     for weight in (0.0, 10.0):
         # 90 steps: enough to learn the shortcut, and, with the penalty, to unlearn part of it
         config = {**TRAIN_CONFIG, "epochs": 10, "batch_size": 8, "patience": 20, "mixed_precision": False}
         config["attention_penalty"] = {**config["attention_penalty"], "weight": weight}
-        results[weight] = train_classifier(wells, TrainSettings.from_config(config), CHANNELS, CROP, "cpu")
+        results[weight] = train_classifier(
+            wells, TrainSettings.from_config(config), CHANNELS, CROP, "cpu", audit=audit
+        )
     history = results[10.0].history
     assert tuple(history.columns) == HISTORY_COLUMNS
     assert (history["train_penalty"] > 0).all() and (history["penalty_share_of_loss"] > 0).all()
     assert history["penalty_zero_maps"].notna().all()
     assert results[0.0].history["train_penalty"].isna().all()
     assert "% of the loss" in caplog.text and "attention penalty: weight 10" in caplog.text
+    penalty_curve = history["train_penalty"].to_numpy()
+    assert penalty_curve[-3:].mean() < penalty_curve[:3].mean(), penalty_curve  # it is optimised
     outside = {w: outside_attention(r, wells) for w, r in results.items()}
-    # measured 0.81 -> 0.66, and accuracy without the shortcut 0.39 (chance 0.33) -> 0.61
+    # The map moves: on an AMD EPYC (2026-12-06) 0.80 -> 0.62, 0.79 -> 0.71, 0.80 -> 0.58 for
+    # training seeds 0, 1, 2 (seed 0 here).
     assert outside[10.0] < outside[0.0] - 0.08, outside
-    # Not the map alone: the penalised model predicts better once the shortcut is gone.
-    assert accuracy(results[10.0], clean) > accuracy(results[0.0], clean) + 0.1, (
-        {w: accuracy(r, clean) for w, r in results.items()},
-        {w: accuracy(r, wells) for w, r in results.items()},
-    )
+    # The per-epoch validation audit sees what the unpenalised model reads: the shortcut, from
+    # the context alone it does far better than from the cell alone (seeds 0-2 there: 0.94,
+    # 0.87, 0.90 against 0.38, 0.53, 0.35, means over the epochs).
+    audit_means = {
+        w: r.history[["val_cell_accuracy", "val_context_accuracy"]].mean() for w, r in results.items()
+    }
+    assert audit_means[0.0]["val_context_accuracy"] > audit_means[0.0]["val_cell_accuracy"] + 0.2, audit_means
+    # What the penalty does to the model is not asserted: on that machine the penalised
+    # models read their context alone at 0.92, 0.84, 0.73 (unpenalised 0.94, 0.87, 0.90) and
+    # scored 0.47, 0.47, 0.36 on the same cells without the shortcut (unpenalised 0.50, 0.61,
+    # 0.33); on the machine of an earlier session seed 0 had gained 0.39 -> 0.61. The map
+    # moves more than the model (README "Training the model to look at the cell").
+    assert all(accuracy(r, wells) > 0.9 for r in results.values())  # both learn the task
