@@ -166,12 +166,20 @@ def test_training_curves(tmp_path):
             "val_loss": [1.3, 1.0, 0.9],
             "train_accuracy": [0.4, 0.6, 0.8],
             "val_accuracy": [0.35, 0.5, 0.55],
+            "val_cell_accuracy": [0.3, 0.45, 0.5],
+            "val_context_accuracy": [0.25, 0.3, 0.4],
             "learning_rate": [1e-3] * 3,
             "seconds": [3.0, 3.1, 2.9],
         }
     )
-    figures.save_figure(figures.training_curves_figure(history), tmp_path / "curves.png")
+    figure = figures.training_curves_figure(history)
+    labels = [line.get_label() for line in figure.axes[1].get_lines()]
+    assert labels == ["train", "validation", "validation, cell alone", "validation, context alone"]
+    figures.save_figure(figure, tmp_path / "curves.png")
     assert_png(tmp_path / "curves.png")
+    # A history without the audit (NaN columns) draws the two accuracy curves only.
+    unaudited = history.assign(val_cell_accuracy=np.nan, val_context_accuracy=np.nan)
+    assert len(figures.training_curves_figure(unaudited).axes[1].get_lines()) == 2
     # Missing columns and an empty history give labelled panels, not errors.
     partial = history[["train_loss"]]
     figures.save_figure(figures.training_curves_figure(partial), tmp_path / "partial.png")

@@ -529,11 +529,14 @@ def read_gallery_cells(
 
 
 def training_curves_figure(history: pd.DataFrame) -> Figure:
-    """Loss and accuracy per epoch, train vs validation.
+    """Loss and accuracy per epoch, train vs validation; with the per-epoch validation audit,
+    the validation accuracy from the cell alone and from the context alone beside them (is
+    training learning the cell or its surroundings?).
 
     ``history`` columns are looked up by name: ``epoch`` (else the row number + 1),
-    ``train_loss``, ``val_loss``, ``train_accuracy``, ``val_accuracy``; a missing one is
-    left out of its panel.
+    ``train_loss``, ``val_loss``, ``train_accuracy``, ``val_accuracy``,
+    ``val_cell_accuracy``, ``val_context_accuracy``; a missing or all-NaN one is left out of
+    its panel.
     """
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, acc_ax = figure.subplots(1, 2)
@@ -541,16 +544,16 @@ def training_curves_figure(history: pd.DataFrame) -> Figure:
     epochs = history["epoch"].to_numpy() if "epoch" in history else np.arange(1, len(history) + 1)
     for ax, quantity in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         drawn = False
-        for split, style in (("train", "-o"), ("val", "-s")):
+        curves = [("train", "-o", "train"), ("val", "-s", "validation")]
+        if quantity == "accuracy":
+            curves += [
+                ("val_cell", "--^", "validation, cell alone"),
+                ("val_context", ":v", "validation, context alone"),
+            ]
+        for split, style, label in curves:
             column = f"{split}_{quantity}"
             if column in history and history[column].notna().any():
-                ax.plot(
-                    epochs,
-                    history[column].to_numpy(dtype=float),
-                    style,
-                    markersize=4,
-                    label="train" if split == "train" else "validation",
-                )
+                ax.plot(epochs, history[column].to_numpy(dtype=float), style, markersize=4, label=label)
                 drawn = True
         if drawn:
             ax.legend()
