@@ -68,6 +68,8 @@ bench: setup bench-loader bench-crops-paper
 	$(BIN)/python bench/bench_crops.py
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_penalty.py
+	$(BIN)/python bench/bench_validation_audit.py
+	$(BIN)/python bench/bench_validation_audit.py --crop 21 128 128 --draws 64 --val 64
 	$(BIN)/python bench/bench_gradcam.py
 	$(BIN)/python bench/bench_aggregate.py
 	$(BIN)/python bench/bench_dag.py

@@ -93,6 +93,31 @@ def test_training_runs_and_fits(project):
     assert metrics["splits"]["test"]["n_cells"] >= 50
 
 
+def test_training_audits_its_validation_cells_as_the_profile_stage_does(project):
+    """Every epoch the train rule predicted its validation cells from the cell alone and
+    from the context alone; for the kept epoch that is what the profile stage's audit of the
+    same model finds on the same cells (the same fill, margin and seeds; the training keeps
+    the counterfactual crops as float16, so a borderline cell may flip)."""
+    history = pd.read_csv(project / "results/train/history.tsv", sep="\t")
+    metrics = json.loads((project / "results/train/metrics.json").read_text())
+    for column in ("val_cell_accuracy", "val_context_accuracy"):
+        assert history[column].between(0, 1).all(), history[column]
+    best = history.loc[history.epoch == metrics["best_epoch"]].iloc[0]
+    assert best.val_accuracy == pytest.approx(metrics["splits"]["val"]["accuracy"])
+    split = pd.read_csv(project / "results/split/wells.tsv", sep="\t")
+    val = pd.concat(
+        pd.read_parquet(project / f"results/profiles/{r.plate}/{r.well}.parquet")
+        for r in split[split.split == "val"].itertuples()
+    )
+    assert len(val) == metrics["splits"]["val"]["n_cells"] <= 256  # all of them are audited
+    for column, audited in (
+        ("Metadata_PredictedFromCell", best.val_cell_accuracy),
+        ("Metadata_PredictedFromContext", best.val_context_accuracy),
+    ):
+        profiled = float((val[column] == val.Metadata_Treatment).mean())
+        assert abs(profiled - audited) <= 0.02, (column, profiled, audited)
+
+
 def test_training_learns_above_chance(project):
     metrics = json.loads((project / "results/train/metrics.json").read_text())
     test = metrics["splits"]["test"]
