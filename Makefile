@@ -44,7 +44,7 @@ test: setup
 # The validation studies against the counterfactual audit: attribution methods x layers
 # (README "Which map to trust", about an hour on 2 cores; results/validate/summary.md), then
 # the attention penalty and its baselines (README "Training the model to look at the cell":
-# 9 settings x 3 seeds x 2 variants, 53 trainings of 7-13 minutes, about ten hours on 2 cores;
+# 11 settings x 3 seeds x 2 variants, 63 trainings of 6-14 minutes, about twelve hours on 2 cores;
 # results/validate/penalty_summary.md).
 validate: setup
 	$(BIN)/python bench/validate_attribution.py --cores 2
