@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from gradcamo import training
 from gradcamo.audit import audit_seeds, counterfactual_crops
 from gradcamo.context import dilate
 from gradcamo.data import (
@@ -513,9 +514,11 @@ def test_validation_without_a_treatment_still_trains(wells, caplog):
 # ----------------------------------------------------------------------------- the validation audit
 
 
-def test_validation_cells_are_taken_apart_as_the_profile_audit_takes_them_apart(wells):
+def test_validation_cells_are_taken_apart_as_the_profile_audit_takes_them_apart(wells, monkeypatch):
     """Each validation cell's two counterfactuals are the profile stage's (same fill, margin
-    and per-cell seeds), stored as float16; a cap keeps a seeded subset in store order."""
+    and per-cell seeds), stored as float16, whatever block they were made in; a cap keeps a
+    seeded subset in store order."""
+    monkeypatch.setattr(training, "COUNTERFACTUAL_BLOCK", 3)  # 10 cells per well: 4 blocks
     fills = blob_fills(wells)
     stores, cells = cell_table(wells)
     val = np.flatnonzero(cells["split"] == "val")

@@ -100,6 +100,8 @@ HISTORY_COLUMNS = (
 )
 #: At most this many training cells give the batch-norm statistics used in evaluation.
 BATCH_NORM_CELLS = 2048
+#: Cells taken apart at once for the validation audit (bounds its float32 working copies).
+COUNTERFACTUAL_BLOCK = 32
 #: What ``select_by`` can keep the best epoch by.
 SELECTION_CRITERIA = ("accuracy", "cell_accuracy")
 
@@ -271,18 +273,21 @@ def validation_counterfactuals(
                 f"{store.path}: plate {plate!r} has {'no' if fill is None else 'an empty'} neutral fill "
                 "for the validation audit"
             )
-        without_cell, without_context = counterfactual_crops(
-            np.asarray(store.images[rows], np.float32),
-            np.asarray(store.masks[rows]),
-            fill,
-            audit.cell_margin,
-            audit_seeds(cells, audit.seed),
-        )
         if cell_alone is None:
-            cell_alone = torch.empty((len(subset), *without_cell.shape[1:]), dtype=torch.float16)
+            cell_alone = torch.empty((len(subset), *store.images.shape[1:]), dtype=torch.float16)
             context_alone = torch.empty_like(cell_alone)
-        cell_alone[at] = torch.from_numpy(without_context).half()
-        context_alone[at] = torch.from_numpy(without_cell).half()
+        seeds = audit_seeds(cells, audit.seed)
+        for lo in range(0, len(rows), COUNTERFACTUAL_BLOCK):  # float32 working copies per block
+            block = slice(lo, lo + COUNTERFACTUAL_BLOCK)
+            without_cell, without_context = counterfactual_crops(
+                np.asarray(store.images[rows[block]], np.float32),
+                np.asarray(store.masks[rows[block]]),
+                fill,
+                audit.cell_margin,
+                seeds[block],
+            )
+            cell_alone[at[block]] = torch.from_numpy(without_context).half()
+            context_alone[at[block]] = torch.from_numpy(without_cell).half()
     if cell_alone is None:
         cell_alone = context_alone = torch.zeros((0,), dtype=torch.float16)
     return Counterfactuals(cell_alone, context_alone, subset.labels)
