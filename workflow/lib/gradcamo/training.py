@@ -434,7 +434,6 @@ def refresh_batch_norm(
     model.train(was_training)
 
 
-@torch.no_grad()
 def predict(
     model: nn.Module,
     dataset: CropCells,
@@ -444,17 +443,10 @@ def predict(
     num_workers: int = 0,
 ) -> np.ndarray:
     """Logits ``(N, num_classes)`` float32 of every cell of ``dataset`` (eval mode, as stored)."""
-    model.eval()
-    out = []
-    for batch in cell_loader(dataset, batch_size, num_workers, device, seed=0):
-        images, _ = batch.to(device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(images)
-        out.append(logits.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model._fc.out_features), np.float32)
+    batches = cell_loader(dataset, batch_size, num_workers, device, seed=0)
+    return _logits(model, (batch.to(device)[0] for batch in batches), device, amp)
 
 
-@torch.no_grad()
 def predict_crops(
     model: nn.Module,
     crops: torch.Tensor,
@@ -463,10 +455,18 @@ def predict_crops(
     amp: torch.dtype | None = None,
 ) -> np.ndarray:
     """Logits ``(N, num_classes)`` float32 of in-memory crops ``(N, C, Z, Y, X)`` (eval mode)."""
+    batches = (
+        crops[start : start + batch_size].to(device).float() for start in range(0, len(crops), batch_size)
+    )
+    return _logits(model, batches, device, amp)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, batches, device: torch.device, amp: torch.dtype | None) -> np.ndarray:
+    """The eval-mode logits of float32 image batches on ``device``, stacked ``(N, classes)``."""
     model.eval()
     out = []
-    for start in range(0, len(crops), batch_size):
-        images = crops[start : start + batch_size].to(device).float()
+    for images in batches:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out.append(model(images).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model._fc.out_features), np.float32)
