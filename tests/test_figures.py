@@ -194,3 +194,17 @@ def test_activity_figure(project, tmp_path):
     table = activity_table(wells, sphere_profiles(cells, CONTROL), CONTROL, null_size=200)
     figures.save_figure(figures.activity_figure(table), tmp_path / "map.png")
     assert_png(tmp_path / "map.png")
+
+
+def test_figures_name_the_map_and_its_smoothing():
+    assert (
+        figures.method_label("integrated_gradients", 1.0) == "integrated gradients (smoothed, sigma 1 voxel)"
+    )
+    assert figures.method_label("input_x_gradient", 2.0) == "input × gradient (smoothed, sigma 2 voxels)"
+    assert figures.method_label("integrated_gradients", 0.0) == "integrated gradients"
+    # The layer methods' maps are not smoothed (profile.smoothing_sigma is for input-level maps).
+    assert figures.method_label("gradcam", 1.0) == "Grad-CAM"
+    fig = figures.gradcamo_histogram_figure(
+        np.linspace(0, 1, 20), 0.5, figures.method_label("integrated_gradients", 1.0)
+    )
+    assert "smoothed" in " ".join(t.get_text() for ax in fig.axes for t in [ax.title, ax.xaxis.label])

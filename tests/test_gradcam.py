@@ -15,6 +15,8 @@ from gradcamo.gradcam import (
     gradcamo_score,
     layer_for_resolution,
     map_shapes,
+    smooth_map,
+    smoothing_sigmas,
     upsample_cam,
 )
 from gradcamo.model import build_model, embedding_dim
@@ -281,6 +283,64 @@ def test_integrated_gradients_is_the_path_integral_of_the_probability(model, cel
         GradCamProfiler(model, method="integrated_gradients")
     with pytest.raises(InputError, match="one value per channel"):
         GradCamProfiler(model, method="integrated_gradients", baseline=np.zeros(3))
+
+
+def test_smoothing_happens_before_the_relu_of_integrated_gradients(model, cells):
+    # The smoothed map is the ReLU of the smoothed *signed* attributions (noise of either
+    # sign cancels), not a blur of the rectified map; input x gradient, unsigned, is blurred.
+    x, baseline, sigmas = cells[:3], torch.tensor([0.1, 0.05, 0.2, 0.0, 0.15]), (0.65, 1.0, 1.0)
+    smoothed = GradCamProfiler(
+        model, method="integrated_gradients", baseline=baseline, steps=4, smoothing_sigma=sigmas
+    )
+    b = baseline[None, :, None, None, None].expand_as(x)
+    signed = smoothed._integrated.attribute(
+        x, baselines=b, target=smoothed(x)["target"], n_steps=4, method="riemann_middle"
+    )
+    expected = torch.relu(smooth_map(signed.detach().sum(1), sigmas))
+    torch.testing.assert_close(smoothed(x)["cam"], expected, rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(expected, smooth_map(torch.relu(signed.detach().sum(1)), sigmas))
+    plain = GradCamProfiler(model, method="input_x_gradient")(x)["cam"]
+    blurred = GradCamProfiler(model, method="input_x_gradient", smoothing_sigma=sigmas)(x)["cam"]
+    torch.testing.assert_close(blurred, smooth_map(plain, sigmas), rtol=1e-4, atol=1e-9)
+    with pytest.raises(InputError, match="input-level"):
+        GradCamProfiler(model, "_blocks.2", "layercam", smoothing_sigma=sigmas)
+
+
+def test_smoothing_is_a_normalised_gaussian_of_the_same_width_in_micrometres():
+    assert smoothing_sigmas(1.0, (1.0, 0.65, 0.65)) == pytest.approx((0.65, 1.0, 1.0))
+    assert smoothing_sigmas(0.0, (1.0, 0.65, 0.65)) == (0.0, 0.0, 0.0)
+    with pytest.raises(InputError, match="at least 0"):
+        smoothing_sigmas(-1.0, (1.0, 0.65, 0.65))
+    delta = torch.zeros(1, 9, 21, 21, dtype=torch.float64)
+    delta[0, 4, 10, 10] = 1.0
+    out = smooth_map(delta, (0.65, 1.0, 1.0))[0]
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-4)  # far from the borders: mass kept
+    torch.testing.assert_close(out, out.flip(1).flip(2))  # symmetric in Y and X
+    spread_y = (out.sum((0, 2)) * (torch.arange(21) - 10.0) ** 2).sum()
+    spread_z = (out.sum((1, 2)) * (torch.arange(9) - 4.0) ** 2).sum()
+    assert spread_y.item() == pytest.approx(1.0 + 1 / 12, rel=0.05)  # sigma² (+ the voxel's own width)
+    assert spread_z.item() == pytest.approx(0.65**2 + 1 / 12, rel=0.05)
+    assert smooth_map(delta, (0.0, 0.0, 0.0)) is delta
+    # Mirrored at the faces: a constant map stays constant up to its edges (zero padding would
+    # darken the faces, mostly background, and so raise every cell's share).
+    constant = torch.ones(2, 12, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(smooth_map(constant, (0.65, 1.0, 1.0)), constant, atol=2e-5, rtol=0)
+    with pytest.raises(InputError, match="needs more than"):
+        smooth_map(constant, (5.0, 5.0, 5.0))
+
+
+def test_smoothing_lets_voxel_noise_cancel_and_keeps_a_cell_sized_signal():
+    # Signed attributions: white noise everywhere plus a positive blob on the cell. The ReLU
+    # of the raw map counts every noise voxel's positive half; smoothed first, the noise
+    # averages out and the blob, wider than the kernel, stays.
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.mgrid[:12, :32, :32]
+    cell = ((zz - 6) ** 2 / 9 + (yy - 16) ** 2 / 25 + (xx - 16) ** 2 / 25) <= 1
+    signed = torch.from_numpy(0.5 * cell + rng.normal(0, 1.0, (4, 12, 32, 32)))
+    masks = torch.from_numpy(np.broadcast_to(cell, signed.shape).astype(np.uint8))
+    raw = gradcamo_score(torch.relu(signed), masks)
+    smoothed = gradcamo_score(torch.relu(smooth_map(signed, (0.65, 1.0, 1.0))), masks)
+    assert (smoothed > 2 * raw).all(), (raw, smoothed)
 
 
 def test_every_method_gives_a_share_per_cell(model, cells):

@@ -32,7 +32,8 @@ AGGREGATE_PARAMS = dict(
     sphering_method=config["aggregate"]["sphering_method"],
     cam_method=config["profile"]["cam_method"],
     attribution={
-        k: config["profile"][k] for k in ("cam_method", "ig_steps", "target_layer", "target_resolution")
+        k: config["profile"][k]
+        for k in ("cam_method", "ig_steps", "smoothing_sigma", "target_layer", "target_resolution")
     },
 )
 

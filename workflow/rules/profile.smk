@@ -24,6 +24,8 @@ rule profile:
     params:
         cam_method=config["profile"]["cam_method"],
         ig_steps=config["profile"]["ig_steps"],
+        smoothing_sigma=config["profile"]["smoothing_sigma"],
+        voxel_size=config["voxel_size"],
         target_layer=config["profile"]["target_layer"],
         target_resolution=config["profile"]["target_resolution"],
         target_class=config["profile"]["target_class"],

@@ -63,7 +63,7 @@ figures.save_figure(
 )
 
 scores = cells["Metadata_GradCAMO"].to_numpy()
-method = figures.METHOD_NAMES[params.cam_method]
+method = figures.method_label(params.cam_method, params.attribution["smoothing_sigma"])
 figures.save_figure(figures.gradcamo_histogram_figure(scores, threshold, method), out.histogram)
 figures.save_figure(
     figures.gradcamo_by_treatment_figure(

@@ -7,7 +7,13 @@ import pandas as pd
 import torch
 from gradcamo.devices import choose_device, device_name
 from gradcamo.errors import InputError
-from gradcamo.gradcam import GradCamProfiler, layer_for_resolution, map_shapes
+from gradcamo.gradcam import (
+    INPUT_METHODS,
+    GradCamProfiler,
+    layer_for_resolution,
+    map_shapes,
+    smoothing_sigmas,
+)
 from gradcamo.io import atomic_path
 from gradcamo.logs import log_to
 from gradcamo.model import load_checkpoint
@@ -51,7 +57,13 @@ if len(fill) == 0 and (sm.params.audit or sm.params.cam_method == "integrated_gr
     )
 # Integrated gradients start from "nothing here": the fill's mean intensity per channel.
 baseline = fill.mean(0) if len(fill) else None
-profiler = GradCamProfiler(model, layer, sm.params.cam_method, baseline, sm.params.ig_steps)
+# Smoothing is for the full-resolution maps at the input; a layer's map is coarser already.
+smoothing = (
+    smoothing_sigmas(sm.params.smoothing_sigma, sm.params.voxel_size)
+    if sm.params.cam_method in INPUT_METHODS
+    else (0.0, 0.0, 0.0)
+)
+profiler = GradCamProfiler(model, layer, sm.params.cam_method, baseline, sm.params.ig_steps, smoothing)
 log.info(
     "%d cells, crop shape %s, %s at %s (map %s) for the %s class",
     len(store),
@@ -60,6 +72,11 @@ log.info(
     + (
         f" ({sm.params.ig_steps} steps from the fill's mean)"
         if sm.params.cam_method == "integrated_gradients"
+        else ""
+    )
+    + (
+        " smoothed by a Gaussian of sigma %s voxels (Z, Y, X)" % ", ".join(f"{v:.2f}" for v in smoothing)
+        if max(smoothing) > 0
         else ""
     ),
     profiler.target_layer,

@@ -34,6 +34,17 @@ METHOD_NAMES = {
     "input_x_gradient": "input × gradient",
     "integrated_gradients": "integrated gradients",
 }
+
+
+def method_label(cam_method: str, smoothing_sigma: float = 0.0) -> str:
+    """How a figure names the map behind Grad-CAMO, e.g. ``integrated gradients (smoothed,
+    sigma 1 voxel)``; smoothing applies to the input-level maps only."""
+    label = METHOD_NAMES[cam_method]
+    if smoothing_sigma > 0 and cam_method in ("input_x_gradient", "integrated_gradients"):
+        label += f" (smoothed, sigma {smoothing_sigma:g} voxel{'s' if smoothing_sigma != 1 else ''})"
+    return label
+
+
 #: UMAP's spectral initialisation needs more samples than ``n_components + 1``.
 MIN_UMAP_SAMPLES = 3
 #: Display colours of channels 0, 1, 2, ... in composites (blue, green, red, magenta, yellow).

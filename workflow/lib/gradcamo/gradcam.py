@@ -18,6 +18,12 @@ logit ``y`` (:data:`METHODS`, each a map N×Z'×Y'×X', non-negative):
   error, which it reports; the positive part is the evidence *for* the class, as Grad-CAM's
   ReLU keeps it. It runs ``steps`` forward and backward passes per batch.
 
+The two input-level maps can be smoothed (``smoothing_sigma``, a Gaussian in voxels per
+axis, :func:`smooth_map`): for ``integrated_gradients`` before the ReLU, so that the
+attributions of the crop's voxel noise, of either sign and independent from voxel to
+voxel, cancel instead of each adding its positive part to the map's total; for
+``input_x_gradient`` after its absolute value (that map has no sign left to cancel).
+
 Grad-CAMO (Gopalakrishnan et al., 2024) is the share of the upsampled map that falls on the
 cell of interest; it is scale-free, so it is computed on the raw non-negative map (no
 min-max step).
@@ -43,6 +49,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from captum.attr import IntegratedGradients
+from monai.networks.layers import separable_filtering
+from monai.networks.layers.convutils import gaussian_1d
 from monai.networks.nets.efficientnet import EfficientNet
 from torch import nn
 
@@ -171,6 +179,46 @@ def attribution_map(method: str, activations: torch.Tensor, gradients: torch.Ten
     return F.relu(signed_attribution_map(method, activations, gradients))
 
 
+def smoothing_sigmas(sigma: float, voxel_size: Sequence[float]) -> tuple[float, float, float]:
+    """Per-axis Gaussian sigmas ``(Z, Y, X)`` in voxels for a sigma of ``sigma`` Y/X voxels:
+    the same physical width along Z (``voxel_size`` is ``(Z, Y, X)`` in micrometres)."""
+    if sigma < 0:
+        raise InputError(f"a smoothing sigma must be at least 0, got {sigma}")
+    vz, vy, vx = (float(v) for v in voxel_size)
+    return (sigma * vy / vz, float(sigma), sigma * vy / vx)
+
+
+def _checked_sigmas(sigma_zyx: Sequence[float]) -> tuple[float, float, float]:
+    """``sigma_zyx`` as three floats, all 0 or all > 0, or an :class:`InputError`."""
+    sigma = tuple(float(s) for s in sigma_zyx)
+    if len(sigma) != 3 or min(sigma) < 0:
+        raise InputError(f"smoothing sigmas must be three values >= 0 (Z, Y, X), got {sigma_zyx}")
+    if 0 < max(sigma) and min(sigma) == 0:
+        raise InputError(f"smoothing sigmas must be all 0 or all > 0, got {sigma}")
+    return sigma
+
+
+def smooth_map(maps: torch.Tensor, sigma_zyx: Sequence[float]) -> torch.Tensor:
+    """Gaussian smoothing of maps ``(N, Z, Y, X)`` with sigmas ``(Z, Y, X)`` in voxels.
+
+    MONAI's separable filtering with its erf-sampled Gaussian kernels (truncated at 4 sigma),
+    **mirrored at the crop's faces**: zero padding (MONAI's ``GaussianFilter``) would shrink
+    the map near the faces, which are mostly background, and so raise the cell's share. All
+    sigmas 0 returns ``maps`` unchanged. Signs are kept: smooth a signed map before its ReLU.
+    """
+    sigma = _checked_sigmas(sigma_zyx)
+    if max(sigma) == 0:
+        return maps
+    kernels = [gaussian_1d(s, truncated=4.0, approx="erf").to(maps) for s in sigma]
+    for kernel, size, s in zip(kernels, maps.shape[1:], sigma):
+        if len(kernel) // 2 >= size:
+            raise InputError(
+                f"a smoothing sigma of {s:g} voxels needs more than {len(kernel) // 2} voxels along "
+                f"each axis; the maps are {tuple(maps.shape[1:])}"
+            )
+    return separable_filtering(maps[:, None], kernels, mode="reflect")[:, 0]
+
+
 def map_shapes(model: EfficientNet, crop_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
     """Every sequential layer name of the model -> its map shape ``(Z', Y', X')`` for crops
     of ``crop_shape`` (Z, Y, X), from one forward pass of an empty crop."""
@@ -222,6 +270,8 @@ class GradCamProfiler:
         (required by it, ignored by the others); the profile stage passes the mean of the
         plate's neutral fill (:mod:`gradcamo.context`).
     steps: path points of ``integrated_gradients`` (midpoint rule).
+    smoothing_sigma: ``(Z, Y, X)`` Gaussian sigmas in voxels for the input-level maps
+        (:func:`smooth_map`, :func:`smoothing_sigmas`); all 0: none. An error for a layer method.
 
     Calling it with ``x`` (N×C×Z×Y×X) returns a dict of detached tensors:
     ``embedding`` (N×D, pooled penultimate features, D = 1280 for b0), ``logits`` (N×K),
@@ -238,9 +288,16 @@ class GradCamProfiler:
         method: str = "gradcam",
         baseline: np.ndarray | torch.Tensor | None = None,
         steps: int = 8,
+        smoothing_sigma: Sequence[float] = (0.0, 0.0, 0.0),
     ) -> None:
         if method not in METHODS:
             raise InputError(f"attribution method {method!r} is not one of {', '.join(METHODS)}")
+        self.smoothing_sigma = _checked_sigmas(smoothing_sigma)
+        if max(self.smoothing_sigma) > 0 and method not in INPUT_METHODS:
+            raise InputError(
+                f"map smoothing is for the input-level maps ({', '.join(INPUT_METHODS)}); "
+                f"{method} maps at a layer are coarser than the crop already"
+            )
         if method == "integrated_gradients":
             if baseline is None:
                 raise InputError("integrated_gradients needs a baseline: one intensity per channel")
@@ -287,7 +344,7 @@ class GradCamProfiler:
             # Only the gradient w.r.t. the activation: no parameter gradients are computed.
             (grads,) = torch.autograd.grad(selected, acts)
         with torch.no_grad():
-            cam = attribution_map(self.method, acts.detach(), grads)
+            cam = smooth_map(attribution_map(self.method, acts.detach(), grads), self.smoothing_sigma)
         return {
             "embedding": embedding.detach(),
             "logits": logits.detach(),
@@ -321,7 +378,7 @@ class GradCamProfiler:
             "embedding": embedding,
             "logits": logits,
             "target": target,
-            "cam": F.relu(attributions.detach().sum(1)),
+            "cam": F.relu(smooth_map(attributions.detach().sum(1), self.smoothing_sigma)),
             "completeness_gap": (total - (p_x - p_baseline)).abs(),
         }
 

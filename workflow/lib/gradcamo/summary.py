@@ -97,8 +97,8 @@ def summary(
     empty_wells: profile tables without cells.
     metrics: the training stage's ``metrics.json``.
     activity: the mAP table (:func:`gradcamo.evaluation.activity_table`).
-    attribution: how the maps behind Grad-CAMO were made (``cam_method``, ``target_layer``,
-        ``target_resolution``), reported as ``attribution``.
+    attribution: how the maps behind Grad-CAMO were made (``cam_method``, ``ig_steps``,
+        ``smoothing_sigma``, ``target_layer``, ``target_resolution``), reported as ``attribution``.
     """
     by_split = {
         str(split): gradcamo_statistics(group["Metadata_GradCAMO"].to_numpy(), threshold)
