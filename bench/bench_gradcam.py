@@ -11,7 +11,9 @@ data so activations have realistic magnitudes), the same batch and the same devi
   ixg, ixg+audit   the same with input x gradient: the backward runs through the whole
                    network, down to the input
   ig, ig+audit     the same with integrated gradients (profile.cam_method's default) at 8
-                   steps (profile.ig_steps): 8 forwards and backwards to the input
+                   steps (profile.ig_steps): 8 forwards and backwards to the input, its map
+                   smoothed (profile.smoothing_sigma 1 at the mini voxel size)
+  ig/unsmoothed    ig without the smoothing: what the smoothing costs
   monai/cell       the paper's setup (pytorch-grad-cam's per-image loop), with MONAI's
                    GradCAM: one library call per cell (full forward + full backward each),
                    plus a separate batched inference forward for the embedding
@@ -52,15 +54,33 @@ import warnings
 import numpy as np
 import torch
 from gradcamo.audit import counterfactual_crops, target_probabilities
-from gradcamo.gradcam import GradCamProfiler, upsample_cam
+from gradcamo.gradcam import GradCamProfiler, smoothing_sigmas, upsample_cam
 from gradcamo.model import build_model
 from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM
 
-METHODS = ("ours", "ours+audit", "ixg", "ixg+audit", "ig", "ig+audit", "monai/cell", "monai/batch", "floor")
+METHODS = (
+    "ours",
+    "ours+audit",
+    "ixg",
+    "ixg+audit",
+    "ig",
+    "ig+audit",
+    "ig/unsmoothed",
+    "monai/cell",
+    "monai/batch",
+    "floor",
+)
 #: The profiler's map behind each of our rows (name before "+audit").
-CAM_METHOD = {"ours": "gradcam", "ixg": "input_x_gradient", "ig": "integrated_gradients"}
+CAM_METHOD = {
+    "ours": "gradcam",
+    "ixg": "input_x_gradient",
+    "ig": "integrated_gradients",
+    "ig/unsmoothed": "integrated_gradients",
+}
 IG_STEPS = 8
+#: profile.smoothing_sigma's default (1 Y/X voxel) at the mini dataset's voxel size, for "ig".
+IG_SMOOTHING = smoothing_sigmas(1.0, (1.0, 0.65, 0.65))
 
 
 def realistic_model(crop_shape, n_classes=3, seed=0) -> torch.nn.Module:
@@ -90,14 +110,17 @@ def make_method(name: str, model: torch.nn.Module, layer: str):
 
     baseline = np.full(5, 0.1, np.float32)  # a fill's mean: dim background in every channel
     if name in CAM_METHOD:
-        profiler = GradCamProfiler(model, layer, CAM_METHOD[name], baseline, IG_STEPS)
+        smoothing = IG_SMOOTHING if name == "ig" else (0.0, 0.0, 0.0)
+        profiler = GradCamProfiler(model, layer, CAM_METHOD[name], baseline, IG_STEPS, smoothing)
 
         def run(x):
             out = profiler(x)
             return upsample_cam(out["cam"], x.shape[2:]), out["embedding"]
 
     elif name.endswith("+audit"):
-        profiler = GradCamProfiler(model, layer, CAM_METHOD[name.removesuffix("+audit")], baseline, IG_STEPS)
+        method = name.removesuffix("+audit")
+        smoothing = IG_SMOOTHING if method == "ig" else (0.0, 0.0, 0.0)
+        profiler = GradCamProfiler(model, layer, CAM_METHOD[method], baseline, IG_STEPS, smoothing)
         fill = torch.randn(10_000, 5, generator=torch.Generator().manual_seed(2)).numpy()
 
         def run(x):

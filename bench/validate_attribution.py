@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 import yaml
 from gradcamo.context import context_seeds, replace_context
-from gradcamo.gradcam import INPUT_METHODS, LAYER_METHODS, GradCamProfiler
+from gradcamo.gradcam import INPUT_METHODS, LAYER_METHODS, GradCamProfiler, smoothing_sigmas
 from gradcamo.profiles import profile_store
 from gradcamo.store import CropStore, CropStoreWriter
 from gradcamo.synthetic import write_dataset
@@ -50,6 +50,8 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 LAYERS = ("_blocks.0", "_blocks.1", "_blocks.2")
+#: Gaussian sigmas (Y/X voxels, profile.smoothing_sigma) tried on the input-level maps.
+SMOOTHING = (0.0, 1.0)
 KINDS = ("clean", "confounded", "cell")
 log = logging.getLogger("validate")
 
@@ -164,11 +166,14 @@ def model_rows(kind, seed, result, wells_store, fills, margin, methods, ig_steps
         "uniform_gradcamo": float(np.mean(uniform)),
     }
     rows = []
-    for method, layer in methods:
+    for method, layer, sigmas in methods:
         scores = np.concatenate(
             [
                 score_maps(
-                    GradCamProfiler(model, layer, method, fills[p].mean(0), ig_steps), s, None, margin
+                    GradCamProfiler(model, layer.split(",")[0], method, fills[p].mean(0), ig_steps, sigmas),
+                    s,
+                    None,
+                    margin,
                 )["scores"]
                 for s, p in zip(stores, test.plate)
             ]
@@ -206,6 +211,19 @@ def separation(table: pd.DataFrame, metric: str, cheat: str, honest: str) -> pd.
     return (mean[honest] - mean[cheat]) / spread
 
 
+def grid(voxel_size) -> list[tuple[str, str, tuple[float, float, float]]]:
+    """``(method, layer label, smoothing sigmas (Z, Y, X))`` of the study: every layer method
+    at every layer of :data:`LAYERS`, and the input-level methods at every sigma of
+    :data:`SMOOTHING` (labelled ``input`` or ``input, sigma 1``)."""
+    unsmoothed = (0.0, 0.0, 0.0)
+    rows = [(m, layer, unsmoothed) for m in LAYER_METHODS for layer in LAYERS]
+    for method in INPUT_METHODS:
+        for sigma in SMOOTHING:
+            label = "input" if sigma == 0 else f"input, sigma {sigma:g}"
+            rows.append((method, label, smoothing_sigmas(sigma, voxel_size)))
+    return rows
+
+
 def summary_markdown(table: pd.DataFrame, models: pd.DataFrame) -> str:
     """The study's tables as Markdown."""
     grouped = table.groupby(["method", "layer", "kind"])
@@ -224,7 +242,7 @@ def summary_markdown(table: pd.DataFrame, models: pd.DataFrame) -> str:
             return f"{m:.2f}" + (f"±{s:.2f}" if np.isfinite(s) else "")
 
         lines.append(
-            f"| {method} | {layer if method not in INPUT_METHODS else 'input'} | "
+            f"| {method} | {layer} | "
             + " / ".join(cell("share_above_0.5", k) for k in KINDS)
             + " | "
             + " / ".join(cell("mean_gradcamo", k) for k in KINDS)
@@ -285,7 +303,7 @@ def main() -> None:
     torch.set_num_threads(args.cores)
     config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
     margin, fill_seed = config["crops"]["cell_margin"], config["crops"]["fill"]["seed"]
-    methods = [(m, layer) for m in LAYER_METHODS for layer in LAYERS] + [(m, "input") for m in INPUT_METHODS]
+    methods = grid(config["voxel_size"])
     args.out.mkdir(parents=True, exist_ok=True)
     variants = ["confounded"] + (["clean"] if "clean" in args.kinds else [])
     _, splits = variant_splits(args.out, config, args.cores, variants)

@@ -141,3 +141,12 @@ def test_penalty_study_judges_each_setting_against_weight_0_on_the_same_seeds():
     # a high share of a model that lost its cell reliance and its accuracy does not pass
     weight10 = next(line for line in lines if line.startswith("| weight 10 | 0.800"))
     assert weight10.endswith("| no |")
+
+
+def test_study_grid_smooths_only_the_input_level_maps():
+    rows = STUDY["grid"]((1.0, 0.65, 0.65))
+    smoothed = [(m, label, s) for m, label, s in rows if max(s) > 0]
+    assert smoothed and all(label.startswith("input, sigma") for _, label, _ in smoothed)
+    assert {m for m, _, _ in smoothed} == {"input_x_gradient", "integrated_gradients"}
+    assert ("integrated_gradients", "input", (0.0, 0.0, 0.0)) in rows  # the unsmoothed map too
+    assert ("integrated_gradients", "input, sigma 1", pytest.approx((0.65, 1.0, 1.0))) in rows
