@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 import yaml
 from gradcamo.crops import SiteFiles, write_well_store
-from gradcamo.gradcam import GradCamProfiler
+from gradcamo.gradcam import GradCamProfiler, smoothing_sigmas
 from gradcamo.profiles import profile_store
 from gradcamo.store import CropStore
 from gradcamo.training import TrainSettings, ValidationAudit, train_classifier
@@ -141,9 +141,16 @@ def share_above(profilers, stores) -> float:
 
 
 def evaluate(
-    result, split: pd.DataFrame, fills: dict, margin: int, counterparts: dict | None, ig_steps: int
+    result,
+    split: pd.DataFrame,
+    fills: dict,
+    margin: int,
+    counterparts: dict | None,
+    ig_steps: int,
+    smoothing: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> dict:
-    """Accuracy, the audit and Grad-CAMO of one model on its test wells."""
+    """Accuracy, the audit and Grad-CAMO of one model on its test wells; integrated
+    gradients with ``ig_steps`` and ``smoothing`` (the profile stage's map)."""
     model = result.model.eval()
     classes = np.asarray(result.meta["classes"])
     test = split[split.split == "test"]
@@ -172,7 +179,11 @@ def evaluate(
         "share_above_0.5_integrated_gradients": share_above(
             [
                 GradCamProfiler(
-                    model, method="integrated_gradients", baseline=fills[p].mean(0), steps=ig_steps
+                    model,
+                    method="integrated_gradients",
+                    baseline=fills[p].mean(0),
+                    steps=ig_steps,
+                    smoothing_sigma=smoothing,
                 )
                 for p in test.plate
             ],
@@ -364,6 +375,7 @@ def main() -> None:
                         margin,
                         counterparts,
                         args.ig_steps or config["profile"]["ig_steps"],
+                        smoothing_sigmas(config["profile"]["smoothing_sigma"], config["voxel_size"]),
                     )
                 else:
                     row["test_accuracy"] = result.metrics["test"]["accuracy"]
