@@ -41,6 +41,7 @@ import torch
 import yaml
 from gradcamo.context import context_seeds, replace_context
 from gradcamo.gradcam import INPUT_METHODS, LAYER_METHODS, GradCamProfiler, smoothing_sigmas
+from gradcamo.model import load_checkpoint, save_checkpoint
 from gradcamo.profiles import profile_store
 from gradcamo.store import CropStore, CropStoreWriter
 from gradcamo.synthetic import write_dataset
@@ -136,13 +137,15 @@ def score_maps(profiler, store, fill, margin) -> dict:
     return profile_store(profiler, store, "predicted", 64, "cpu", fill=fill, cell_margin=margin)
 
 
-def model_rows(kind, seed, result, wells_store, fills, margin, methods, ig_steps) -> tuple[list, dict]:
+def model_rows(
+    kind, seed, model, classes, wells_store, fills, margin, methods, ig_steps
+) -> tuple[list, dict]:
     """Profile the test wells of one trained model with every method x layer."""
-    model = result.model.eval()
+    model = model.eval()
     test = wells_store[wells_store.split == "test"]
     stores = [CropStore.open(p) for p in test.store]
     truth = np.concatenate([s.cells["Metadata_Treatment"].to_numpy() for s in stores])
-    classes = np.asarray(result.meta["classes"])
+    classes = np.asarray(classes)
     # The audit (reliance does not depend on the map): once per model, with Grad-CAM.
     audit = [
         score_maps(GradCamProfiler(model, "_blocks.2"), s, fills[p], margin)
@@ -201,6 +204,30 @@ def model_rows(kind, seed, result, wells_store, fills, margin, methods, ig_steps
             {k: round(v, 3) for k, v in rows[-1].items() if isinstance(v, float)},
         )
     return rows, summary
+
+
+def trained_model(checkpoint: Path, recipe: dict, wells: pd.DataFrame, config: dict, retrain: bool):
+    """``(model, classes)``: trained with the mini config's ``train`` settings (``recipe``:
+    those settings with the seed, the crop settings and the kind of model), or read back
+    from ``checkpoint`` when an earlier run of the study trained it from the same recipe, so
+    that scoring new maps does not train the nine models again (``--retrain`` does)."""
+    if checkpoint.exists() and not retrain:
+        model, meta = load_checkpoint(checkpoint)
+        if meta.get("study_recipe") == json.loads(json.dumps(recipe)):
+            log.info("%s: trained by an earlier run of the study (--retrain trains it again)", checkpoint)
+            return model, meta["classes"]
+    start = time.perf_counter()
+    settings = TrainSettings.from_config(recipe["train"])
+    result = train_classifier(wells, settings, config["channels"], config["crops"]["shape"], "cpu")
+    log.info(
+        "%s trained in %.0f s: test %.3f",
+        checkpoint.stem,
+        time.perf_counter() - start,
+        result.metrics["test"]["accuracy"],
+    )
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(checkpoint, result.model, {**result.meta, "study_recipe": recipe})
+    return result.model, result.meta["classes"]
 
 
 def separation(table: pd.DataFrame, metric: str, cheat: str, honest: str) -> pd.Series:
@@ -296,6 +323,9 @@ def study_arguments(doc: str) -> argparse.ArgumentParser:
 def main() -> None:
     parser = study_arguments(__doc__)
     parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
+    parser.add_argument(
+        "--retrain", action="store_true", help="train every model again, even one an earlier run kept"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("gradcamo.profiles", "gradcamo.training"):
@@ -327,22 +357,18 @@ def main() -> None:
                 )
                 for p in split.plate.unique()
             }
-            start = time.perf_counter()
-            settings = TrainSettings.from_config({**config["train"], "seed": seed})
-            result = train_classifier(
-                wells_of[kind], settings, config["channels"], config["crops"]["shape"], "cpu"
-            )
-            log.info(
-                "%s seed %d trained in %.0f s: test %.3f",
-                kind,
-                seed,
-                time.perf_counter() - start,
-                result.metrics["test"]["accuracy"],
+            model, classes = trained_model(
+                args.out / "models" / f"{kind}-seed{seed}.pt",
+                {"train": {**config["train"], "seed": seed}, "crops": config["crops"], "kind": kind},
+                wells_of[kind],
+                config,
+                args.retrain,
             )
             more, summary = model_rows(
                 kind,
                 seed,
-                result,
+                model,
+                classes,
                 wells_of[kind],
                 fills_here,
                 margin,
