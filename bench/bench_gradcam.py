@@ -11,9 +11,9 @@ data so activations have realistic magnitudes), the same batch and the same devi
   ixg, ixg+audit   the same with input x gradient: the backward runs through the whole
                    network, down to the input
   ig, ig+audit     the same with integrated gradients (profile.cam_method's default) at 8
-                   steps (profile.ig_steps): 8 forwards and backwards to the input, its map
-                   smoothed (profile.smoothing_sigma 1 at the mini voxel size)
-  ig/unsmoothed    ig without the smoothing: what the smoothing costs
+                   steps (profile.ig_steps): 8 forwards and backwards to the input
+  ig/smoothed      ig with its map smoothed (profile.smoothing_sigma 1 at the mini voxel
+                   size): what the smoothing costs
   monai/cell       the paper's setup (pytorch-grad-cam's per-image loop), with MONAI's
                    GradCAM: one library call per cell (full forward + full backward each),
                    plus a separate batched inference forward for the embedding
@@ -66,7 +66,7 @@ METHODS = (
     "ixg+audit",
     "ig",
     "ig+audit",
-    "ig/unsmoothed",
+    "ig/smoothed",
     "monai/cell",
     "monai/batch",
     "floor",
@@ -76,10 +76,10 @@ CAM_METHOD = {
     "ours": "gradcam",
     "ixg": "input_x_gradient",
     "ig": "integrated_gradients",
-    "ig/unsmoothed": "integrated_gradients",
+    "ig/smoothed": "integrated_gradients",
 }
 IG_STEPS = 8
-#: profile.smoothing_sigma's default (1 Y/X voxel) at the mini dataset's voxel size, for "ig".
+#: profile.smoothing_sigma 1 (Y/X voxel) at the mini dataset's voxel size, for "ig/smoothed".
 IG_SMOOTHING = smoothing_sigmas(1.0, (1.0, 0.65, 0.65))
 
 
@@ -110,7 +110,7 @@ def make_method(name: str, model: torch.nn.Module, layer: str):
 
     baseline = np.full(5, 0.1, np.float32)  # a fill's mean: dim background in every channel
     if name in CAM_METHOD:
-        smoothing = IG_SMOOTHING if name == "ig" else (0.0, 0.0, 0.0)
+        smoothing = IG_SMOOTHING if name == "ig/smoothed" else (0.0, 0.0, 0.0)
         profiler = GradCamProfiler(model, layer, CAM_METHOD[name], baseline, IG_STEPS, smoothing)
 
         def run(x):
@@ -118,9 +118,7 @@ def make_method(name: str, model: torch.nn.Module, layer: str):
             return upsample_cam(out["cam"], x.shape[2:]), out["embedding"]
 
     elif name.endswith("+audit"):
-        method = name.removesuffix("+audit")
-        smoothing = IG_SMOOTHING if method == "ig" else (0.0, 0.0, 0.0)
-        profiler = GradCamProfiler(model, layer, CAM_METHOD[method], baseline, IG_STEPS, smoothing)
+        profiler = GradCamProfiler(model, layer, CAM_METHOD[name.removesuffix("+audit")], baseline, IG_STEPS)
         fill = torch.randn(10_000, 5, generator=torch.Generator().manual_seed(2)).numpy()
 
         def run(x):
