@@ -170,10 +170,12 @@ def model_rows(
     }
     rows = []
     for method, layer, sigmas in methods:
+        # the row's label names the smoothing; the input-level maps have no layer to name
+        target = layer if method in LAYER_METHODS else "input"
         scores = np.concatenate(
             [
                 score_maps(
-                    GradCamProfiler(model, layer.split(",")[0], method, fills[p].mean(0), ig_steps, sigmas),
+                    GradCamProfiler(model, target, method, fills[p].mean(0), ig_steps, sigmas),
                     s,
                     None,
                     margin,

@@ -40,6 +40,7 @@ def method_label(cam_method: str, smoothing_sigma: float = 0.0) -> str:
     """How a figure names the map behind Grad-CAMO, e.g. ``integrated gradients (smoothed,
     sigma 1 voxel)``; smoothing applies to the input-level maps only."""
     label = METHOD_NAMES[cam_method]
+    # gradcam.INPUT_METHODS, spelled out: this module runs in the torch-free analysis env.
     if smoothing_sigma > 0 and cam_method in ("input_x_gradient", "integrated_gradients"):
         label += f" (smoothed, sigma {smoothing_sigma:g} voxel{'s' if smoothing_sigma != 1 else ''})"
     return label
