@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster (one fake GPU, accounting in MariaDB) on a fresh Debian 12 machine,
+# A one-node SLURM cluster (two fake GPUs, accounting in MariaDB) on a fresh Debian 12 machine,
 # as root, for CI: `up` installs and starts it, `down` stops every daemon it started by PID.
 #
 #   sudo .ci/slurm-cluster.sh up     # sbatch, sacct, ... then work as on any cluster
@@ -14,8 +14,10 @@
 # - 22.05 has no auth/slurm: auth/munge; proctrack/linuxproc and task/none need no cgroups;
 # - the executor plugin asks sacct for job states whenever sacct exists, so accounting must
 #   answer: slurmdbd on MariaDB (a socket-only server in our folder);
-# - a fake GPU: GresTypes=gpu, Gres=gpu:1 on the node, gres.conf File=/dev/null, so a rule's
-#   `gpu: 1` becomes `--gpus=1` and SLURM allocates it (CUDA is not involved);
+# - two fake GPUs: GresTypes=gpu, Gres=gpu:2 on the node, gres.conf File=/dev/null and
+#   /dev/zero, so a rule's `gpu: 1` becomes `--gpus=1` and SLURM allocates it (CUDA is not
+#   involved); two, so that a group job of per-well GPU jobs can run two wells side by side
+#   (.ci/slurm-overlay.yaml);
 # - partitions `cpu` (default) and `gpu` on the same node, as a cluster would have them.
 set -euo pipefail
 
@@ -90,12 +92,13 @@ JobAcctGatherType=jobacct_gather/none
 # The executor plugin puts the rule in the job comment: keep it for sacct -o Comment.
 AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
-NodeName=$HOST CPUs=$((2 * cpus)) RealMemory=$mem Gres=gpu:1 State=UNKNOWN
+NodeName=$HOST CPUs=$((2 * cpus)) RealMemory=$mem Gres=gpu:2 State=UNKNOWN
 PartitionName=cpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$HOST Default=NO MaxTime=INFINITE State=UP
 EOF
     cat >"$DIR/etc/gres.conf" <<EOF
 NodeName=$HOST Name=gpu File=/dev/null
+NodeName=$HOST Name=gpu File=/dev/zero
 EOF
     cat >"$DIR/etc/slurmdbd.conf" <<EOF
 AuthType=auth/munge
@@ -193,7 +196,7 @@ start_slurm() {
     job=$(sbatch --parsable -p gpu --gpus=1 -t 1 --mem=100 -o /dev/null --wrap true)
     wait_for 60 "job $job in sacct as COMPLETED" sh -c \
         "sacct -X -n -P -j $job -o State | grep -qx COMPLETED"
-    log "up: cluster $CLUSTER, node $HOST ($((2 * $(nproc))) CPUs on $(nproc) cores, 1 fake GPU), partitions cpu and gpu"
+    log "up: cluster $CLUSTER, node $HOST ($((2 * $(nproc))) CPUs on $(nproc) cores, 2 fake GPUs), partitions cpu and gpu"
 }
 
 stop_pid() {  # stop_pid NAME PIDFILE

@@ -1,6 +1,6 @@
 """The mini workflow through a live SLURM (``profiles/slurm``, as a user runs it).
 
-CI brings up a one-node cluster with one fake GPU (``.ci/slurm-cluster.sh``) and sets
+CI brings up a one-node cluster with two fake GPUs (``.ci/slurm-cluster.sh``) and sets
 ``GRADCAMO_TEST_SLURM=1``; the session's run of the mini workflow (``conftest.mini_run``) then
 goes through ``profiles/slurm`` plus ``.ci/slurm-overlay.yaml``. These tests check how it
 ran, from SLURM's own accounting (``sacct``): every rule's jobs were SLURM jobs and COMPLETED,
@@ -93,14 +93,17 @@ def test_every_rule_ran_as_slurm_jobs_that_completed(mini_run):
 
 
 def test_gpu_rules_were_given_a_gpu_in_the_gpu_partition(mini_run):
+    """One GPU per GPU job: a group job of per-well GPU jobs that runs two wells side by side
+    (one thread each, .ci/slurm-overlay.yaml) is given two; CPU rules none, in partition cpu."""
     jobs = _jobs_by_rule(mini_run)
     for rule, logs in jobs.items():
         accounting = _sacct([i for _, found in logs for i in found])
-        gpus = accounting.tres.str.contains("gres/gpu=1")
+        gpus = accounting.tres.str.extract(r"gres/gpu=(\d+)")[0].fillna("0").astype(int)
         if rule in GPU_RULES:
-            assert gpus.all() and (accounting.partition == "gpu").all(), (rule, accounting)
+            expected = {1, 2} if rule in GROUPED_RULES else {1}
+            assert set(gpus) <= expected and (accounting.partition == "gpu").all(), (rule, accounting)
         else:
-            assert not gpus.any() and (accounting.partition == "cpu").all(), (rule, accounting)
+            assert (gpus == 0).all() and (accounting.partition == "cpu").all(), (rule, accounting)
 
 
 def test_per_well_rules_ran_as_group_jobs(mini_run):
