@@ -93,27 +93,51 @@ def test_every_rule_ran_as_slurm_jobs_that_completed(mini_run):
 
 
 def test_gpu_rules_were_given_a_gpu_in_the_gpu_partition(mini_run):
-    """One GPU per GPU job: a group job of per-well GPU jobs that runs two wells side by side
-    (one thread each, .ci/slurm-overlay.yaml) is given two; CPU rules none, in partition cpu."""
     jobs = _jobs_by_rule(mini_run)
     for rule, logs in jobs.items():
         accounting = _sacct([i for _, found in logs for i in found])
-        gpus = accounting.tres.str.extract(r"gres/gpu=(\d+)")[0].fillna("0").astype(int)
+        gpus = accounting.tres.str.contains("gres/gpu=1")
         if rule in GPU_RULES:
-            expected = {1, 2} if rule in GROUPED_RULES else {1}
-            assert set(gpus) <= expected and (accounting.partition == "gpu").all(), (rule, accounting)
+            assert gpus.all() and (accounting.partition == "gpu").all(), (rule, accounting)
         else:
-            assert (gpus == 0).all() and (accounting.partition == "cpu").all(), (rule, accounting)
+            assert not gpus.any() and (accounting.partition == "cpu").all(), (rule, accounting)
 
 
-def test_per_well_rules_ran_as_group_jobs(mini_run):
-    """16 wells of each per-well rule in fewer SLURM jobs than wells (profiles/slurm groups)."""
+def test_per_well_rules_ran_as_group_jobs_that_ask_for_one_well(mini_run):
+    """16 wells of each per-well rule in two SLURM jobs (.ci/slurm-overlay.yaml's groups of 8).
+    A group job runs its wells one after another (the jobstep plugin waits for each srun
+    step), so it must ask for one well's CPUs and GPUs, not ``cores`` worth of wells side by
+    side: profiles/slurm's ``group_slot``. Its job steps, one per well, never overlap."""
     jobs = _jobs_by_rule(mini_run)
     for rule in GROUPED_RULES:
         logs = jobs[rule]
         assert len(logs) == 16
-        submissions = {found[-1] for _, found in logs}
-        assert len(submissions) <= 2, f"{rule}: {len(submissions)} SLURM jobs for 16 wells"
+        submissions = sorted({found[-1] for _, found in logs})
+        assert len(submissions) == 2, f"{rule}: {len(submissions)} SLURM jobs for 16 wells"
+        accounting = _sacct(submissions)
+        assert accounting.tres.str.contains(r"\bcpu=1,").all(), (rule, accounting)
+        steps = _steps(submissions)
+        for job, group in steps.groupby("job"):
+            group = group.sort_values("start")
+            assert len(group) == 8, (rule, group)
+            assert (group.start.to_numpy()[1:] >= group.end.to_numpy()[:-1]).all(), (rule, group)
+
+
+def _steps(ids) -> pd.DataFrame:
+    """The numbered job steps (one srun per well) of SLURM jobs ``ids``, with start and end."""
+    proc = subprocess.run(
+        ["sacct", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,Start,End"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = []
+    for line in proc.stdout.splitlines():
+        step, start, end = line.split("|")
+        job, _, number = step.partition(".")
+        if number.isdigit():
+            rows.append((job, int(number), pd.Timestamp(start), pd.Timestamp(end)))
+    return pd.DataFrame(rows, columns=["job", "step", "start", "end"])
 
 
 def _copy(project: Path, to: Path) -> Path:
