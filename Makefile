@@ -38,8 +38,11 @@ demo-confounded: setup
 	$(BIN)/snakemake -d .test/confounded --configfile .test/config/config.yaml \
 		--config samples=$(CURDIR)/resources/mini_confounded/samples.tsv --report report.html
 
+# Two workers: the tests that read the session's run of the mini workflow (about 20 minutes,
+# tests/conftest.py puts them first, in one xdist group) on one, every other test beside it.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The validation studies against the counterfactual audit: attribution methods x layers
 # (README "Which map to trust", about an hour on 2 cores; results/validate/summary.md), then

@@ -27,6 +27,18 @@ for _var, _sub in (
     Path(os.environ[_var]).mkdir(parents=True, exist_ok=True)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests that read the session's run of the mini workflow (fixture ``mini_run``, about
+    20 minutes on 2 cores) go first and in one xdist group: with ``make test``'s two workers
+    (``-n 2 --dist loadgroup``) one worker starts that run at once and keeps it, and the other
+    works through every other test beside it. Without xdist, only the order changes."""
+    reads_run = {id(item) for item in items if "mini_run" in getattr(item, "fixturenames", ())}
+    for item in items:
+        if id(item) in reads_run:
+            item.add_marker(pytest.mark.xdist_group("mini_run"))
+    items[:] = [i for i in items if id(i) in reads_run] + [i for i in items if id(i) not in reads_run]
+
+
 def snakemake_command(workdir: Path, *args: str) -> list[str]:
     """The command line that runs the repository's workflow in ``workdir``."""
     return [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
