@@ -27,16 +27,38 @@ for _var, _sub in (
     Path(os.environ[_var]).mkdir(parents=True, exist_ok=True)
 
 
-def pytest_collection_modifyitems(config, items):
+def _reads_mini_run(item) -> bool:
+    return "mini_run" in getattr(item, "fixturenames", ())
+
+
+def pytest_itemcollected(item):
     """The tests that read the session's run of the mini workflow (fixture ``mini_run``, about
-    20 minutes on 2 cores) go first and in one xdist group: with ``make test``'s two workers
-    (``-n 2 --dist loadgroup``) one worker starts that run at once and keeps it, and the other
-    works through every other test beside it. Without xdist, only the order changes."""
-    reads_run = {id(item) for item in items if "mini_run" in getattr(item, "fixturenames", ())}
-    for item in items:
-        if id(item) in reads_run:
-            item.add_marker(pytest.mark.xdist_group("mini_run"))
-    items[:] = [i for i in items if id(i) in reads_run] + [i for i in items if id(i) not in reads_run]
+    20 minutes on 2 cores) form one xdist group: with ``make test``'s two workers
+    (``-n 2 --dist loadgroup``) one worker runs them all, and the run once, while the other
+    works through every other test beside it. (Marked here, as each item is collected:
+    xdist turns the mark into the item's node id in its own collection hook.)"""
+    if _reads_mini_run(item):
+        item.add_marker(pytest.mark.xdist_group("mini_run"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The mini run's tests first, so that its worker starts the run at once."""
+    items[:] = [i for i in items if _reads_mini_run(i)] + [i for i in items if not _reads_mini_run(i)]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """On an xdist worker with ``--dist loadgroup``: refuse to run when xdist did not group the
+    mini run's tests (its group shows as a node-id suffix). It once stopped doing so silently
+    (pytest 9.2, pytest-xdist#1386), and then each worker ran the mini workflow."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    ungrouped = [i.nodeid for i in session.items if _reads_mini_run(i) and not i.nodeid.endswith("@mini_run")]
+    if ungrouped:
+        raise pytest.UsageError(
+            f"pytest-xdist did not put {len(ungrouped)} test(s) of the mini run in its group "
+            f"(e.g. {ungrouped[0]}): both workers would run the mini workflow (pytest-xdist#1386)"
+        )
 
 
 def snakemake_command(workdir: Path, *args: str) -> list[str]:
