@@ -16,8 +16,8 @@
 #   answer: slurmdbd on MariaDB (a socket-only server in our folder);
 # - two fake GPUs: GresTypes=gpu, Gres=gpu:2 on the node, gres.conf File=/dev/null and
 #   /dev/zero, so a rule's `gpu: 1` becomes `--gpus=1` and SLURM allocates it (CUDA is not
-#   involved); two, so that a group job of per-well GPU jobs can run two wells side by side
-#   (.ci/slurm-overlay.yaml);
+#   involved); two, so that two group jobs of per-well GPU jobs, one GPU each, run side by
+#   side (.ci/slurm-overlay.yaml);
 # - partitions `cpu` (default) and `gpu` on the same node, as a cluster would have them.
 set -euo pipefail
 
