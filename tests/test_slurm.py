@@ -52,23 +52,22 @@ def _jobs_by_rule(project: Path) -> dict[str, list[tuple[Path, list[str]]]]:
     return out
 
 
-def _sacct(ids) -> pd.DataFrame:
+def _sacct(ids, fields: tuple[str, ...], *, allocations_only: bool = True) -> list[list[str]]:
+    """sacct's rows (one list of ``fields`` each) for SLURM jobs ``ids``: the allocations only
+    (``-X``), or with their job steps too."""
     proc = subprocess.run(
-        [
-            "sacct",
-            "-X",
-            "-n",
-            "-P",
-            "-j",
-            ",".join(sorted(set(ids))),
-            "-o",
-            "JobIDRaw,State,Partition,AllocTRES",
-        ],
+        ["sacct", *(["-X"] if allocations_only else []), "-n", "-P"]
+        + ["-j", ",".join(sorted(set(ids))), "-o", ",".join(fields)],
         capture_output=True,
         text=True,
         check=True,
     )
-    rows = [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
+    return [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _accounting(ids) -> pd.DataFrame:
+    """State, partition and allocated resources of SLURM jobs ``ids``, indexed by job id."""
+    rows = _sacct(ids, ("JobIDRaw", "State", "Partition", "AllocTRES"))
     return pd.DataFrame(rows, columns=["job", "state", "partition", "tres"]).set_index("job")
 
 
@@ -87,7 +86,7 @@ def test_every_rule_ran_as_slurm_jobs_that_completed(mini_run):
         for log, found in logs:
             assert found, f"{log} names no SLURM job: the {rule} job ran outside SLURM"
             ids += found
-    accounting = _sacct(ids)
+    accounting = _accounting(ids)
     assert set(accounting.index) == set(ids), "sacct knows every job"
     assert (accounting.state == "COMPLETED").all(), accounting[accounting.state != "COMPLETED"]
 
@@ -95,7 +94,7 @@ def test_every_rule_ran_as_slurm_jobs_that_completed(mini_run):
 def test_gpu_rules_were_given_a_gpu_in_the_gpu_partition(mini_run):
     jobs = _jobs_by_rule(mini_run)
     for rule, logs in jobs.items():
-        accounting = _sacct([i for _, found in logs for i in found])
+        accounting = _accounting([i for _, found in logs for i in found])
         gpus = accounting.tres.str.contains("gres/gpu=1")
         if rule in GPU_RULES:
             assert gpus.all() and (accounting.partition == "gpu").all(), (rule, accounting)
@@ -114,7 +113,7 @@ def test_per_well_rules_ran_as_group_jobs_that_ask_for_one_well(mini_run):
         assert len(logs) == 16
         submissions = sorted({found[-1] for _, found in logs})
         assert len(submissions) == 2, f"{rule}: {len(submissions)} SLURM jobs for 16 wells"
-        accounting = _sacct(submissions)
+        accounting = _accounting(submissions)
         assert accounting.tres.str.contains(r"\bcpu=1,").all(), (rule, accounting)
         steps = _steps(submissions)
         for job, group in steps.groupby("job"):
@@ -125,15 +124,8 @@ def test_per_well_rules_ran_as_group_jobs_that_ask_for_one_well(mini_run):
 
 def _steps(ids) -> pd.DataFrame:
     """The numbered job steps (one srun per well) of SLURM jobs ``ids``, with start and end."""
-    proc = subprocess.run(
-        ["sacct", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,Start,End"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     rows = []
-    for line in proc.stdout.splitlines():
-        step, start, end = line.split("|")
+    for step, start, end in _sacct(ids, ("JobID", "Start", "End"), allocations_only=False):
         job, _, number = step.partition(".")
         if number.isdigit():
             rows.append((job, int(number), pd.Timestamp(start), pd.Timestamp(end)))
@@ -276,5 +268,5 @@ def _cancel_and_retry(slurm: Path, profile: Path) -> None:
     retried = JOB_LINE.findall(text)[-1][0]
     assert retried != cancelled
     assert re.search(r"resuming from .*last\.pt after epoch 1 of 2", text), text[-3000:]
-    states = _sacct([cancelled, retried]).state
+    states = _accounting([cancelled, retried]).state
     assert states[cancelled].startswith("CANCELLED") and states[retried] == "COMPLETED", states
