@@ -16,8 +16,10 @@ One command (``make validate``). On the mini dataset's clean and confounded vari
 
 Per method x layer it reports, as mean and SD over seeds, for each kind of model: mean
 Grad-CAMO, the share above 0.5, enrichment over the uniform-map baseline, and the Spearman
-correlation of Grad-CAMO with the audit's cell reliance; and the separation of the cheating
-(confounded) model from the honest ones, in units of the seeds' spread. Writes
+correlation of Grad-CAMO with the audit's cell reliance (``table.tsv`` also has the mean and
+the share above 0.5 of the shuffled baseline: each cell's mask on another cell's map); and
+the separation of the cheating (confounded) model from the honest ones, in units of the
+seeds' spread. Writes
 ``results/validate/table.tsv`` (one row per method x layer x kind), ``models.tsv`` (accuracy
 and audit per trained model) and ``summary.md`` (the table the README shows).
 
@@ -172,17 +174,15 @@ def model_rows(
     for method, layer, sigmas in methods:
         # the row's label names the smoothing; the input-level maps have no layer to name
         target = layer if method in LAYER_METHODS else "input"
-        scores = np.concatenate(
-            [
-                score_maps(
-                    GradCamProfiler(model, target, method, fills[p].mean(0), ig_steps, sigmas),
-                    s,
-                    None,
-                    margin,
-                )["scores"]
-                for s, p in zip(stores, test.plate)
-            ]
-        )
+        scored = [
+            score_maps(
+                GradCamProfiler(model, target, method, fills[p].mean(0), ig_steps, sigmas), s, None, margin
+            )
+            for s, p in zip(stores, test.plate)
+        ]
+        scores = np.concatenate([r["scores"] for r in scored])
+        # the shuffled baseline: each cell's mask on another cell's map (the crop's centre)
+        shuffled = np.concatenate([r["shuffled"] for r in scored])
         ok = np.isfinite(scores)
         rho = spearmanr(scores[ok], reliance[ok]).statistic if ok.sum() > 2 else np.nan
         rows.append(
@@ -195,6 +195,8 @@ def model_rows(
                 "share_above_0.5": float(np.mean(scores[ok] > 0.5)) if ok.any() else np.nan,
                 "enrichment": float(np.nanmean(scores) / np.mean(uniform)),
                 "spearman_cell_reliance": float(rho),
+                "mean_gradcamo_shuffled": float(np.nanmean(shuffled)),
+                "share_above_0.5_shuffled": float(np.mean(shuffled[np.isfinite(shuffled)] > 0.5)),
             }
         )
         log.info(

@@ -11,7 +11,7 @@ from gradcamo.aggregate import PROFILE_ROW, feature_columns, read_profile_tables
 from gradcamo.errors import InputError
 from gradcamo.evaluation import activity_table
 from gradcamo.sphering import Sphering, fit_sphering, sphere_profiles
-from gradcamo.summary import gradcamo_statistics, summary
+from gradcamo.summary import gradcamo_statistics, gradcamo_with_baseline, summary
 from pycytominer import normalize
 from synthetic_profiles import CONTROL, WELLS, feature_names, write_profiles
 
@@ -249,6 +249,8 @@ def test_summary_is_complete_json(cells_and_empty):
     assert info["gradcamo"]["n_nan"] == int(scores.isna().sum()) > 0
     assert info["gradcamo"]["share_above"] == pytest.approx((scores.dropna() > 0.5).mean())
     assert set(info["gradcamo_by_split"]) == {"train", "val", "test"}
+    # a table without the shuffled baseline's column (written before it): no baseline, no error
+    assert info["gradcamo"]["shuffled"] == {"mean": None, "share_above": None}
     well_map = info["mean_average_precision"]["well"]["all/all"]
     assert set(well_map) == {"ACTIVE", "INERT", "SINGLE"}
     assert well_map["SINGLE"]["mean_average_precision"] is None
@@ -268,3 +270,15 @@ def test_a_fitted_sphering_saves_and_loads_to_the_same_transform(tmp_path):
     assert (loaded.method, loaded.n_fit, loaded.rank) == (fitted.method, fitted.n_fit, fitted.rank)
     x = rng.normal(size=(5, 6))
     np.testing.assert_array_equal(loaded.transform(x), fitted.transform(x))
+
+
+def test_gradcamo_statistics_carry_the_shuffled_baseline():
+    cells = pd.DataFrame(
+        {
+            "Metadata_GradCAMO": [0.9, 0.8, 0.2, np.nan],
+            "Metadata_GradCAMO_Shuffled": [0.6, 0.1, 0.2, 0.3],
+        }
+    )
+    stats = gradcamo_with_baseline(cells, 0.5)
+    assert stats["share_above"] == pytest.approx(2 / 3) and stats["n_nan"] == 1
+    assert stats["shuffled"] == {"mean": pytest.approx(0.3), "share_above": pytest.approx(0.25)}

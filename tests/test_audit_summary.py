@@ -85,11 +85,14 @@ def test_audit_statistics_and_headline():
     assert audit_statistics(cells.assign(Metadata_CellReliance=np.nan)) is None
     summary = {
         "accuracy": {"test": {"accuracy": 1.0, "chance_level": 1 / 3}},
-        "gradcamo_by_split": {"test": {"threshold": 0.5, "share_above": 0.5}},
+        "gradcamo_by_split": {
+            "test": {"threshold": 0.5, "share_above": 0.5, "shuffled": {"mean": 0.3, "share_above": 0.2}}
+        },
         "audit": audit,
     }
     answer = headline(summary)
     assert answer["cell_only"] == 1.0 and answer["context_only"] == 0.0
+    assert answer["share_above"] == 0.5 and answer["share_above_shuffled"] == 0.2
     assert "mostly from the cell" in answer["verdict"]
     audit["by_split"]["test"].update(cell_only=0.3, context_only=1.0)
     assert "shortcut" in headline(summary)["verdict"]

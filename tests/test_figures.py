@@ -98,6 +98,12 @@ def test_gradcamo_figures(project, tmp_path):
     assert np.isnan(scores).any()
     figures.save_figure(figures.gradcamo_histogram_figure(scores, 0.5), tmp_path / "hist.png")
     assert_png(tmp_path / "hist.png")
+    # With the shuffled baseline: its outline and its own share above the threshold.
+    null = np.r_[np.full(3, 0.9), np.full(7, 0.1), np.nan]
+    fig = figures.gradcamo_histogram_figure(scores, 0.5, shuffled=null)
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "on another cell's map: 30.0% > 0.5" in texts, texts
+    assert "its mask on another cell's map" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     figures.save_figure(
         figures.gradcamo_by_treatment_figure(scores, cells.Metadata_Treatment, 0.5),
         tmp_path / "box.png",

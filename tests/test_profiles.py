@@ -13,6 +13,7 @@ from gradcamo.gradcam import GradCamProfiler, gradcamo_score, region_share, upsa
 from gradcamo.model import build_model, load_checkpoint, save_checkpoint
 from gradcamo.profiles import (
     ATTENTION_COLUMNS,
+    SHUFFLED_COLUMN,
     UNIFORM_COLUMN,
     check_store_matches,
     empty_profile_table,
@@ -94,6 +95,7 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
         "Metadata_GradCAM_NeighbourShare",
         "Metadata_GradCAM_BackgroundShare",
         "Metadata_GradCAMO_Uniform",
+        "Metadata_GradCAMO_Shuffled",
         "Metadata_CellReliance",
         "Metadata_ContextReliance",
         "Metadata_PredictedFromCell",
@@ -168,6 +170,7 @@ def test_results_do_not_depend_on_batch_size(tmp_path, checkpoint):
     for key in ("embedding", "probabilities", "scores"):
         np.testing.assert_allclose(by_three[key], all_at_once[key], rtol=1e-4, atol=1e-6, equal_nan=True)
     np.testing.assert_allclose(by_three["uniform"], all_at_once["uniform"])
+    np.testing.assert_allclose(by_three["shuffled"], all_at_once["shuffled"], rtol=1e-4, equal_nan=True)
     for region in ATTENTION_COLUMNS:
         np.testing.assert_allclose(
             by_three["attention"][region],
@@ -176,6 +179,30 @@ def test_results_do_not_depend_on_batch_size(tmp_path, checkpoint):
             atol=1e-6,
             equal_nan=True,
         )
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_shuffled_baseline_scores_each_mask_on_the_next_cells_map(tmp_path, checkpoint, batch_size):
+    """Cell i's mask on cell i+1's map, the last cell's on the first's, across batches (a
+    batch of one cell included); a well of one cell has no other map: NaN."""
+    store = write_store(tmp_path / "store", 7)
+    masks = np.array(store.masks)
+    for i in range(7):  # each cell its own mask: the pairing must take the mask of this cell
+        masks[i] = 0
+        masks[i, 1 : 3 + i % 4, 2 + i : 9 + i, 3:12] = 1
+    writer = CropStoreWriter(tmp_path / "own", 7, CHANNELS, CROP, NORMALIZATION)
+    writer.write(np.asarray(store.images, np.float32), masks)
+    writer.close(store.cells)
+    store = CropStore.open(tmp_path / "own")
+    cams = np.zeros((7, *CROP), np.float32)
+    _, result, table = run_well(store, checkpoint, batch_size=batch_size, cams=cams)
+    expected = gradcamo_score(np.roll(cams, -1, axis=0), masks)
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(result["shuffled"], expected, rtol=1e-5)
+    np.testing.assert_allclose(table[SHUFFLED_COLUMN], expected, rtol=1e-5)
+    assert not np.allclose(expected, result["scores"])  # not the cell's own map
+    _, one, _ = run_well(write_store(tmp_path / "one", 1), checkpoint, batch_size=batch_size)
+    assert np.isnan(one["shuffled"]).all() and np.isfinite(one["scores"]).all()
 
 
 def test_true_class_target_explains_that_class(tmp_path, checkpoint):

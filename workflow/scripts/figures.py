@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from gradcamo import figures  # noqa: E402
 from gradcamo.aggregate import feature_columns  # noqa: E402
+from gradcamo.columns import SHUFFLED_COLUMN  # noqa: E402
 from gradcamo.sphering import Sphering, apply_sphering  # noqa: E402
 from gradcamo.summary import attention_shares  # noqa: E402
 
@@ -64,7 +65,8 @@ figures.save_figure(
 
 scores = cells["Metadata_GradCAMO"].to_numpy()
 method = figures.method_label(params.cam_method, params.attribution["smoothing_sigma"])
-figures.save_figure(figures.gradcamo_histogram_figure(scores, threshold, method), out.histogram)
+shuffled = cells[SHUFFLED_COLUMN].to_numpy() if SHUFFLED_COLUMN in cells else None
+figures.save_figure(figures.gradcamo_histogram_figure(scores, threshold, method, shuffled), out.histogram)
 figures.save_figure(
     figures.gradcamo_by_treatment_figure(
         scores, cells["Metadata_Treatment"], threshold, attention_shares(cells), method

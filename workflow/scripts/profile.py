@@ -19,6 +19,7 @@ from gradcamo.logs import log_to
 from gradcamo.model import load_checkpoint
 from gradcamo.profiles import (
     ATTENTION_COLUMNS,
+    SHUFFLED_COLUMN,
     UNIFORM_COLUMN,
     check_store_matches,
     profile_store,
@@ -138,9 +139,13 @@ if fill is not None and len(table):
     )
 log.info(
     "wrote %d cells; Grad-CAMO > 0.5 for %.1f %% (NaN for %d); mean attention share: "
-    "cell %.3f (a uniform map: %.3f), neighbours %.3f, background %.3f",
+    "cell %.3f (a uniform map: %.3f; each mask on another cell's map: %.3f), neighbours %.3f, "
+    "background %.3f",
     len(table),
     100 * float((table["Metadata_GradCAMO"] > 0.5).mean()) if len(table) else 0.0,
     int(table["Metadata_GradCAMO"].isna().sum()),
-    *(table[c].mean() for c in ("Metadata_GradCAMO", UNIFORM_COLUMN, *ATTENTION_COLUMNS.values())),
+    *(
+        table[c].mean()
+        for c in ("Metadata_GradCAMO", UNIFORM_COLUMN, SHUFFLED_COLUMN, *ATTENTION_COLUMNS.values())
+    ),
 )

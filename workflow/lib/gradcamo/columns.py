@@ -14,6 +14,10 @@ ATTENTION_COLUMNS = {
 }
 #: The Grad-CAMO a uniform map would get: the cell's share of its crop's voxels.
 UNIFORM_COLUMN = "Metadata_GradCAMO_Uniform"
+#: The Grad-CAMO of the cell's mask on another cell's map (the next cell of its well): what a
+#: map scores for looking at the centre of a crop, where every crop has its cell, without
+#: knowing which cell. The shuffled baseline of saliency research's centre bias.
+SHUFFLED_COLUMN = "Metadata_GradCAMO_Shuffled"
 #: The counterfactual audit (:mod:`gradcamo.audit`): drops of the target class's probability
 #: when the cell, or its context, is replaced by the neutral fill.
 AUDIT_RELIANCE_COLUMNS = {

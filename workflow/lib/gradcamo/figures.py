@@ -245,14 +245,22 @@ def umap_wells_figure(
 # --------------------------------------------------------------------------- Grad-CAMO
 
 
-def gradcamo_histogram_figure(scores: np.ndarray, threshold: float = 0.5, method: str = "Grad-CAM") -> Figure:
+def gradcamo_histogram_figure(
+    scores: np.ndarray,
+    threshold: float = 0.5,
+    method: str = "Grad-CAM",
+    shuffled: np.ndarray | None = None,
+) -> Figure:
     """Histogram of Grad-CAMO over [0, 1], the threshold line and the share above it;
-    ``method`` names the attribution map behind the scores."""
+    ``method`` names the attribution map behind the scores. ``shuffled`` (optional, (N,)):
+    the shuffled baseline (each cell's mask on another cell's map), drawn as an outline with
+    its own share above the threshold: what a map scores for looking at the crop's centre."""
     scores = np.asarray(scores, dtype=np.float64)
     finite = scores[np.isfinite(scores)]
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     ax = figure.subplots()
-    ax.hist(finite, bins=np.linspace(0, 1, 41), color="#4477aa", edgecolor="white")
+    bins = np.linspace(0, 1, 41)
+    ax.hist(finite, bins=bins, color="#4477aa", edgecolor="white", label="each cell's own map")
     ax.axvline(threshold, color="red", linestyle="--", linewidth=2, label=f"threshold {threshold:g}")
     share = (finite > threshold).mean() if finite.size else float("nan")
     text = (
@@ -262,6 +270,18 @@ def gradcamo_histogram_figure(scores: np.ndarray, threshold: float = 0.5, method
     )
     if finite.size != scores.size:
         text += f"\n{scores.size - finite.size} cells without a score (NaN) excluded"
+    null = np.asarray(shuffled if shuffled is not None else [], dtype=np.float64)
+    null = null[np.isfinite(null)]
+    if null.size:
+        ax.hist(
+            null,
+            bins=bins,
+            histtype="step",
+            color="black",
+            linewidth=1.5,
+            label="its mask on another cell's map",
+        )
+        text += f"\non another cell's map: {100 * (null > threshold).mean():.1f}% > {threshold:g}"
     ax.text(
         0.98,
         0.97,
@@ -275,7 +295,7 @@ def gradcamo_histogram_figure(scores: np.ndarray, threshold: float = 0.5, method
     ax.set_xlabel(f"Grad-CAMO (share of {method} attention on the cell of interest)")
     ax.set_ylabel("cells")
     ax.set_title(f"Grad-CAMO of all cells ({method})")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize="small")
     return figure
 
 

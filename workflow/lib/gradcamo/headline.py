@@ -9,7 +9,9 @@ from __future__ import annotations
 
 def headline(summary: dict) -> dict | None:
     """The answer for the report's front page, from ``summary.json``: test accuracy and
-    chance, the share of test cells with Grad-CAMO above the threshold, accuracy from the
+    chance, the share of test cells with Grad-CAMO above the threshold and that share when
+    each cell's mask is scored on another cell's map (``share_above_shuffled``: what looking
+    at the crop's centre alone scores), accuracy from the
     cell alone against the context alone, Spearman of Grad-CAMO with cell reliance, the
     background leak, and a one-line ``verdict``. None before a run has a summary."""
     test = (summary.get("accuracy") or {}).get("test") or {}
@@ -23,6 +25,7 @@ def headline(summary: dict) -> dict | None:
         "chance": chance,
         "threshold": scores.get("threshold"),
         "share_above": scores.get("share_above"),
+        "share_above_shuffled": (scores.get("shuffled") or {}).get("share_above"),
         "cell_only": audited.get("cell_only"),
         "context_only": audited.get("context_only"),
         "spearman": audited.get("spearman_gradcamo_cell_reliance"),

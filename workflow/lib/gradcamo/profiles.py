@@ -12,6 +12,10 @@ A profile table has one row per cell, in crop-store order::
                            Grad-CAMO they sum to 1: where the model looks instead of the cell
     Metadata_GradCAMO_Uniform  Grad-CAMO a uniform map would get: the cell's share of the
                            crop's voxels (float32), the baseline to read Grad-CAMO against
+    Metadata_GradCAMO_Shuffled  Grad-CAMO of the cell's mask on the map of the next cell of
+                           the well (the last cell: the first's; float32, NaN for a well of one
+                           cell): every crop is centred on its cell, so a map that only looks at
+                           the crop's centre scores this much without knowing the cell
     Metadata_CellReliance     the audit (:mod:`gradcamo.audit`): drop of the target
                            class's probability when the cell is replaced by the neutral fill
     Metadata_ContextReliance  the same drop when the cell's context is replaced
@@ -46,11 +50,18 @@ from gradcamo.columns import (
     ATTENTION_COLUMNS,
     AUDIT_PREDICTION_COLUMNS,
     AUDIT_RELIANCE_COLUMNS,
+    SHUFFLED_COLUMN,
     UNIFORM_COLUMN,
     background_column,
 )
 from gradcamo.errors import InputError
-from gradcamo.gradcam import GradCamProfiler, attention_shares, uniform_gradcamo, upsample_cam
+from gradcamo.gradcam import (
+    GradCamProfiler,
+    attention_shares,
+    gradcamo_score,
+    uniform_gradcamo,
+    upsample_cam,
+)
 from gradcamo.io import atomic_path
 from gradcamo.model import embedding_dim
 from gradcamo.store import CropStore
@@ -78,6 +89,7 @@ def profile_table(
     audit: dict[str, np.ndarray] | None = None,
     background: np.ndarray | None = None,
     channels: Sequence[str] = (),
+    shuffled: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Assemble a well's profile table (see the module docstring for its columns).
 
@@ -95,6 +107,7 @@ def profile_table(
     audit: ``cell``, ``context`` (reliances, ``(N,)``) and ``from_cell``, ``from_context``
         (predicted class ids, ``(N,)``), from :func:`profile_store`; None: NaN / empty.
     background: ``(N, C)`` background means, one column per name in ``channels``.
+    shuffled: ``(N,)`` Grad-CAMO of each cell's mask on another cell's map; None: NaN.
     """
     n = len(cells)
     embedding = np.asarray(embedding, dtype=np.float32)
@@ -119,7 +132,10 @@ def profile_table(
                 column: np.asarray((attention or {}).get(name, np.full(n, np.nan)), dtype=np.float32)
                 for name, column in ATTENTION_COLUMNS.items()
             },
-            UNIFORM_COLUMN: np.asarray(np.full(n, np.nan) if uniform is None else uniform, dtype=np.float32),
+            **{
+                column: np.asarray(np.full(n, np.nan) if values is None else values, dtype=np.float32)
+                for column, values in ((UNIFORM_COLUMN, uniform), (SHUFFLED_COLUMN, shuffled))
+            },
             **{
                 column: np.asarray((audit or {}).get(name, np.full(n, np.nan)), dtype=np.float32)
                 for name, column in AUDIT_RELIANCE_COLUMNS.items()
@@ -161,6 +177,7 @@ def profile_table_of(
         result.get("audit"),
         result["background"],
         channels,
+        result.get("shuffled"),
     )
 
 
@@ -187,6 +204,7 @@ def empty_profile_table(
         },
         np.zeros((0, len(channels)), np.float32),
         channels,
+        np.zeros(0, np.float32),
     )
 
 
@@ -293,7 +311,9 @@ def profile_store(
     dict with ``embedding`` (N×D float32), ``probabilities`` (N×K float32), ``scores``
     ((N,) float64 Grad-CAMO, NaN for all-zero maps) and ``attention`` (``neighbours`` and
     ``background`` shares, (N,) float64 each) and ``uniform`` ((N,) Grad-CAMO of a uniform
-    map: the cell's share of the crop's voxels), ``background`` ((N, C) background means),
+    map: the cell's share of the crop's voxels), ``shuffled`` ((N,) Grad-CAMO of each cell's
+    mask on the next cell's map, the last cell's on the first's; NaN for a single cell),
+    ``background`` ((N, C) background means),
     and with a fill ``audit``: ``cell`` and ``context`` reliance ((N,) float64) and the
     classes ``from_cell`` and ``from_context`` ((N,) int64), for the class each map explains.
     Logs one progress line per batch.
@@ -306,8 +326,13 @@ def profile_store(
         "scores": np.zeros(n, np.float64),
         "attention": {name: np.zeros(n, np.float64) for name in ATTENTION_COLUMNS},
         "uniform": np.zeros(n, np.float64),
+        "shuffled": np.full(n, np.nan),
         "background": np.zeros((n, len(store.channels)), np.float64),
     }
+    # The shuffled baseline pairs each cell's mask with the next cell's map. Batches come one
+    # after another, so the last mask of a batch waits for the next batch's first map, and
+    # the well's last mask for its first map (kept from the first batch).
+    first_map, waiting = None, None
     if fill is not None:
         out["audit"] = {
             **{name: np.zeros(n, np.float64) for name in AUDIT_RELIANCE_COLUMNS},
@@ -337,6 +362,11 @@ def profile_store(
         for name in ATTENTION_COLUMNS:
             out["attention"][name][lo:hi] = shares[name].cpu().numpy()
         out["uniform"][lo:hi] = uniform_gradcamo(mask).cpu().numpy()
+        if waiting is not None:
+            out["shuffled"][lo - 1] = gradcamo_score(cam[:1], waiting).cpu().numpy()[0]
+        out["shuffled"][lo : hi - 1] = gradcamo_score(cam[1:], mask[:-1]).cpu().numpy()
+        first_map = cam[:1].clone() if first_map is None else first_map
+        waiting = mask[-1:].clone()
         out["background"][lo:hi] = background_statistics(images, masks, cell_margin)
         if fill is not None:
             chosen = probabilities.gather(1, result["target"][:, None])[:, 0].cpu().numpy()
@@ -360,4 +390,6 @@ def profile_store(
         if "completeness_gap" in result:  # integrated gradients: how far its steps are from exact
             gap = f", mean |sum(IG) - (p(x) - p(baseline))| {float(result['completeness_gap'].mean()):.2g}"
         log.info("batch %d/%d: %d/%d cells, %.1f cells/s%s", b + 1, n_batches, hi, n, hi / elapsed, gap)
+    if n > 1:
+        out["shuffled"][n - 1] = gradcamo_score(first_map, waiting).cpu().numpy()[0]
     return out

@@ -9,7 +9,7 @@ import pandas as pd
 
 from gradcamo.aggregate import ATTENTION_REGIONS
 from gradcamo.audit_summary import audit_statistics
-from gradcamo.columns import UNIFORM_COLUMN
+from gradcamo.columns import SHUFFLED_COLUMN, UNIFORM_COLUMN
 
 
 def gradcamo_statistics(scores: Iterable[float], threshold: float = 0.5) -> dict:
@@ -31,6 +31,18 @@ def gradcamo_statistics(scores: Iterable[float], threshold: float = 0.5) -> dict
         "n_above": n_above,
         "share_above": n_above / finite.size if finite.size else None,
     }
+
+
+def gradcamo_with_baseline(cells: pd.DataFrame, threshold: float = 0.5) -> dict:
+    """:func:`gradcamo_statistics` of ``cells``' Grad-CAMO, with ``shuffled``: the mean and the
+    share above ``threshold`` of the shuffled baseline (each cell's mask on another cell's
+    map, ``Metadata_GradCAMO_Shuffled``), None where the table has none."""
+    out = gradcamo_statistics(cells["Metadata_GradCAMO"].to_numpy(), threshold)
+    null = gradcamo_statistics(
+        cells[SHUFFLED_COLUMN].to_numpy() if SHUFFLED_COLUMN in cells else np.array([]), threshold
+    )
+    out["shuffled"] = {"mean": null["mean"], "share_above": null["share_above"]}
+    return out
 
 
 def attention_shares(cells: pd.DataFrame) -> pd.DataFrame:
@@ -101,7 +113,7 @@ def summary(
         ``smoothing_sigma``, ``target_layer``, ``target_resolution``), reported as ``attribution``.
     """
     by_split = {
-        str(split): gradcamo_statistics(group["Metadata_GradCAMO"].to_numpy(), threshold)
+        str(split): gradcamo_with_baseline(group, threshold)
         for split, group in cells.groupby("Metadata_Split", sort=True)
     }
     mean_ap: dict = {}
@@ -129,7 +141,7 @@ def summary(
             if k in metrics
         },
         "attribution": dict(attribution or {}),
-        "gradcamo": gradcamo_statistics(cells["Metadata_GradCAMO"].to_numpy(), threshold),
+        "gradcamo": gradcamo_with_baseline(cells, threshold),
         "gradcamo_by_split": by_split,
         "attention": attention_statistics(cells),
         "attention_by_split": {
