@@ -43,7 +43,7 @@ def pytest_itemcollected(item):
 
 def pytest_collection_modifyitems(config, items):
     """The mini run's tests first, so that its worker starts the run at once."""
-    items[:] = [i for i in items if _reads_mini_run(i)] + [i for i in items if not _reads_mini_run(i)]
+    items.sort(key=lambda item: not _reads_mini_run(item))  # stable: each part keeps its order
 
 
 @pytest.hookimpl(trylast=True)
