@@ -223,6 +223,7 @@ def test_penalised_training_moves_attention_to_the_cell_and_off_the_shortcut(tmp
     for weight in (0.0, 10.0):
         # 90 steps: enough to learn the shortcut, and, with the penalty, to unlearn part of it
         config = {**TRAIN_CONFIG, "epochs": 10, "batch_size": 8, "patience": 20, "mixed_precision": False}
+        config["warmup_fraction"] = 0.1  # one epoch, as this test was calibrated
         config["attention_penalty"] = {**config["attention_penalty"], "weight": weight}
         results[weight] = train_classifier(
             wells, TrainSettings.from_config(config), CHANNELS, CROP, "cpu", audit=audit

@@ -42,6 +42,7 @@ from gradcamo.training import (
     HISTORY_COLUMNS,
     TrainSettings,
     ValidationAudit,
+    one_cycle_schedule,
     selection_score,
     train_classifier,
     validation_counterfactuals,
@@ -58,6 +59,8 @@ TRAIN_CONFIG = {
     "epochs": 4,
     "batch_size": 16,
     "learning_rate": 0.002,
+    # the share of 4 epochs the warm-up took before the key existed (one epoch)
+    "warmup_fraction": 0.25,
     "weight_decay": 0.05,
     "patience": 5,
     "select_by": "accuracy",
@@ -473,11 +476,30 @@ def test_fingerprint_changes_with_settings_and_split(wells):
     assert fingerprint(settings, moved, sorted(TREATMENTS), {}) != base
 
 
+@pytest.mark.parametrize("warmup_fraction", [0.05, 0.3])
+def test_the_learning_rate_peaks_after_the_warm_up_share_of_the_steps(warmup_fraction):
+    settings = TrainSettings.from_config({**TRAIN_CONFIG, "epochs": 20, "warmup_fraction": warmup_fraction})
+    optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=settings.learning_rate)
+    schedule = one_cycle_schedule(optimizer, settings, steps_per_epoch=10)
+    rates = []
+    for _ in range(200):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    peak = int(np.argmax(rates))
+    assert rates[peak] == pytest.approx(settings.learning_rate)
+    assert peak == round(warmup_fraction * 200) - 1
+    assert rates[0] == pytest.approx(settings.learning_rate / 25)  # OneCycleLR's div_factor
+    assert np.all(np.diff(rates[: peak + 1]) > 0) and np.all(np.diff(rates[peak:]) < 0)
+
+
 def test_bad_inputs_are_named(wells):
     with pytest.raises(InputError, match="train lacks key"):
         TrainSettings.from_config({k: v for k, v in TRAIN_CONFIG.items() if k != "epochs"})
     with pytest.raises(InputError, match="train.batch_size"):
         TrainSettings.from_config({**TRAIN_CONFIG, "batch_size": 1})
+    with pytest.raises(InputError, match="train.warmup_fraction"):
+        TrainSettings.from_config({**TRAIN_CONFIG, "warmup_fraction": 1.0})
     settings = TrainSettings.from_config(TRAIN_CONFIG)
     with pytest.raises(InputError, match="differ from config channels"):
         train_classifier(wells, settings, ["DNA", "ER", "RNA"], CROP)
@@ -554,7 +576,13 @@ def test_validation_cells_are_taken_apart_as_the_profile_audit_takes_them_apart(
 def test_training_audits_its_validation_cells_and_can_keep_the_epoch_that_reads_the_cell_best(wells, caplog):
     caplog.set_level("INFO", logger="gradcamo.training")
     settings = TrainSettings.from_config(
-        {**TRAIN_CONFIG, "epochs": 3, "select_by": "cell_accuracy", "mixed_precision": False}
+        {
+            **TRAIN_CONFIG,
+            "epochs": 3,
+            "warmup_fraction": 0.3,
+            "select_by": "cell_accuracy",
+            "mixed_precision": False,
+        }
     )
     audit = ValidationAudit(blob_fills(wells), cell_margin=1, seed=0)
     result = train_classifier(wells, settings, CHANNELS, CROP, "cpu", audit=audit)
