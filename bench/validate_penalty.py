@@ -16,7 +16,10 @@ seed it trains on the confounded variant (:func:`gradcamo.training.train_classif
   gradients, the profile stage's default, which no setting is trained on;
 
 and, trained on the clean variant, the test accuracy each setting costs there.
-Writes ``penalty_models.tsv`` (one row per model) and ``penalty_summary.md``.
+Writes ``penalty_models.tsv`` (one row per model) and ``penalty_summary.md``. A rerun reuses
+the rows trained with the current recipe (the mini config's ``train`` with the setting and
+seed, and its ``crops``; column ``recipe``); rows of an earlier recipe are set aside in
+``penalty_models.earlier.tsv`` and trained again.
 
     .venv/bin/python bench/validate_penalty.py                 # 3 seeds, every setting
     .venv/bin/python bench/validate_penalty.py --seeds 1 --settings "weight 0" "weight 10"
@@ -25,6 +28,7 @@ Writes ``penalty_models.tsv`` (one row per model) and ``penalty_summary.md``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import sys
@@ -37,6 +41,7 @@ import torch
 import yaml
 from gradcamo.crops import SiteFiles, write_well_store
 from gradcamo.gradcam import GradCamProfiler, smoothing_sigmas
+from gradcamo.model import load_checkpoint
 from gradcamo.profiles import profile_store
 from gradcamo.store import CropStore
 from gradcamo.training import TrainSettings, ValidationAudit, train_classifier
@@ -201,20 +206,62 @@ def evaluate(
     return row
 
 
-def unpenalised_clean_rows(models_table: Path, rows: list[dict]) -> list[dict]:
+def setting_train(config: dict, setting: str, seed: int) -> dict:
+    """The ``train`` settings of one model of the study: the mini config's, with the
+    setting's overrides and the seed."""
+    return merged(config["train"], {**SETTINGS[setting], "seed": seed})
+
+
+def recipe_key(train: dict, crops: dict) -> str:
+    """A short hash of what determines a trained model besides its data: its ``train``
+    settings (seed included) and the crop settings."""
+    text = json.dumps({"train": train, "crops": crops}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def current_rows(rows: list[dict], config: dict) -> tuple[list[dict], list[dict]]:
+    """Split the table's rows into those trained with the current recipe (their ``recipe``
+    column equals :func:`recipe_key` of the setting, seed and config) and the rest. A row
+    from before a change of the mini config, or of a setting, is trained again, not reused."""
+    keep, stale = [], []
+    for row in rows:
+        current = row["setting"] in SETTINGS and row.get("recipe") == recipe_key(
+            setting_train(config, row["setting"], int(row["seed"])), config["crops"]
+        )
+        (keep if current else stale).append(row)
+    return keep, stale
+
+
+def unpenalised_clean_rows(
+    models_dir: Path, models_table: Path, rows: list[dict], config: dict
+) -> list[dict]:
     """``weight 0`` rows of the clean variant taken from the attribution study's clean models
-    (``models.tsv``): the same training (the mini config's ``train``, same seed, same crops),
-    so the seeds' baseline for the clean variant's cost is not trained twice. Only seeds
-    the penalty table does not have yet."""
+    (``models.tsv``), so the seeds' baseline for the clean variant's cost is not trained
+    twice; only where that model's checkpoint (``models/clean-seed{n}.pt``) was trained with
+    the current ``weight 0`` recipe, and only seeds the penalty table does not have yet."""
     if not models_table.exists():
         return []
     have = {(r["setting"], r["seed"], r["variant"]) for r in rows}
     models = pd.read_csv(models_table, sep="\t")
-    return [
-        {"setting": "weight 0", "seed": int(m.seed), "variant": "clean", "test_accuracy": m.test_accuracy}
-        for m in models[models.kind == "clean"].itertuples()
-        if ("weight 0", int(m.seed), "clean") not in have
-    ]
+    out = []
+    for m in models[models.kind == "clean"].itertuples():
+        seed, checkpoint = int(m.seed), models_dir / f"clean-seed{m.seed}.pt"
+        if ("weight 0", seed, "clean") in have or not checkpoint.exists():
+            continue
+        recipe = load_checkpoint(checkpoint)[1].get("study_recipe", {})
+        key = recipe_key(setting_train(config, "weight 0", seed), config["crops"])
+        if recipe.get("train") is None or recipe_key(recipe["train"], recipe.get("crops")) != key:
+            continue
+        out.append(
+            {
+                "setting": "weight 0",
+                "seed": seed,
+                "variant": "clean",
+                "test_accuracy": m.test_accuracy,
+                "recipe": key,
+            }
+        )
+    return out
 
 
 #: The bar a recommended setting must clear against weight 0 on the confounded variant, as
@@ -341,14 +388,27 @@ def main() -> None:
         if table.exists()
         else []
     )
-    rows += unpenalised_clean_rows(args.out / "models.tsv", rows)
+    rows, stale = current_rows(rows, config)
+    if stale:
+        earlier = args.out / "penalty_models.earlier.tsv"
+        if earlier.exists():
+            stale = pd.read_csv(earlier, sep="\t").to_dict("records") + stale
+        pd.DataFrame(stale).to_csv(earlier, sep="\t", index=False)
+        log.warning(
+            "%d row(s) of %s were trained with another recipe (config or setting changed): "
+            "set aside in %s, trained again",
+            len(stale),
+            table,
+            earlier,
+        )
+    rows += unpenalised_clean_rows(args.out / "models", args.out / "models.tsv", rows, config)
     done = {(r["setting"], r["seed"], r["variant"]) for r in rows}
     for seed in range(args.seeds):  # seeds outermost: a study cut short still compares settings
         for setting in args.settings:
             for variant in args.variants:
                 if (setting, seed, variant) in done:
                     continue
-                train = merged(config["train"], {**SETTINGS[setting], "seed": seed})
+                train = setting_train(config, setting, seed)
                 start = time.perf_counter()
                 result = train_classifier(
                     splits[variant],
@@ -366,6 +426,7 @@ def main() -> None:
                     "train_seconds": round(seconds),
                     "best_epoch": result.meta["best_epoch"],
                     "epochs_run": result.meta["epochs_run"],
+                    "recipe": recipe_key(train, config["crops"]),
                 }
                 if variant == "confounded":
                     row |= evaluate(

@@ -150,3 +150,56 @@ def test_study_grid_smooths_only_the_input_level_maps():
     assert {m for m, _, _ in smoothed} == {"input_x_gradient", "integrated_gradients"}
     assert ("integrated_gradients", "input", (0.0, 0.0, 0.0)) in rows  # the unsmoothed map too
     assert ("integrated_gradients", "input, sigma 1", pytest.approx((0.65, 1.0, 1.0))) in rows
+
+
+def test_penalty_study_reuses_only_rows_and_models_trained_with_the_current_recipe(tmp_path):
+    from gradcamo.model import build_model, save_checkpoint
+
+    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    setting_train, recipe_key = PENALTY_STUDY["setting_train"], PENALTY_STUDY["recipe_key"]
+    key = recipe_key(setting_train(config, "weight 1", 0), config["crops"])
+    assert key != recipe_key(setting_train(config, "weight 1", 1), config["crops"])
+    assert key != recipe_key(setting_train(config, "weight 0", 0), config["crops"])
+    before = {**config, "train": {**config["train"], "warmup_fraction": 0.05}}  # an older mini config
+    rows = [
+        {"setting": "weight 1", "seed": 0, "variant": "confounded", "recipe": key},
+        {"setting": "weight 1", "seed": 0, "variant": "clean", "recipe": float("nan")},  # no recipe
+        {
+            "setting": "weight 1",
+            "seed": 1,
+            "variant": "confounded",
+            "recipe": recipe_key(setting_train(before, "weight 1", 1), before["crops"]),
+        },
+        {"setting": "weight 99", "seed": 0, "variant": "confounded", "recipe": key},  # gone
+    ]
+    keep, stale = PENALTY_STUDY["current_rows"](rows, config)
+    assert keep == rows[:1] and stale == rows[1:]
+
+    # the attribution study's clean models stand in for weight 0 only if trained so
+    models = tmp_path / "models"
+    models.mkdir()
+    table = tmp_path / "models.tsv"
+    pd.DataFrame(
+        {"kind": ["clean", "clean", "cell"], "seed": [0, 1, 0], "test_accuracy": [0.7, 0.6, 0.5]}
+    ).to_csv(table, sep="\t", index=False)
+    meta = {
+        "variant": "b0",
+        "channels": list(config["channels"]),
+        "classes": ["A", "B"],
+        "crop_shape": [8, 16, 16],
+    }
+    meta["normalization"] = {}
+    model = build_model("b0", len(meta["channels"]), 2, meta["crop_shape"])
+    for seed, source in ((0, config), (1, before)):
+        recipe = {"train": {**source["train"], "seed": seed}, "crops": source["crops"], "kind": "clean"}
+        save_checkpoint(models / f"clean-seed{seed}.pt", model, {**meta, "study_recipe": recipe})
+    reused = PENALTY_STUDY["unpenalised_clean_rows"](models, table, [], config)
+    assert reused == [
+        {
+            "setting": "weight 0",
+            "seed": 0,
+            "variant": "clean",
+            "test_accuracy": 0.7,
+            "recipe": recipe_key(setting_train(config, "weight 0", 0), config["crops"]),
+        }
+    ]
