@@ -260,21 +260,26 @@ def summary_markdown(table: pd.DataFrame, models: pd.DataFrame) -> str:
     grouped = table.groupby(["method", "layer", "kind"])
     mean, sd = grouped.mean(numeric_only=True), grouped.std(ddof=1, numeric_only=True)
     lines = [
-        "| method | layer | share > 0.5: clean / confounded / cell | mean Grad-CAMO: clean / "
+        "| method | layer | share > 0.5: clean / confounded / cell | the same masks on other cells' "
+        "maps (shuffled baseline): clean / confounded / cell | mean Grad-CAMO: clean / "
         "confounded / cell | enrichment (clean) | Spearman vs cell reliance (clean) | "
         "separation of share > 0.5, clean vs confounded (SD) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     sep = separation(table, "share_above_0.5", "confounded", "clean")
     for (method, layer), _ in table.groupby(["method", "layer"]):
 
         def cell(metric, kind):
+            if metric not in mean.columns:  # a table from before the column
+                return "–"
             m, s = mean.loc[(method, layer, kind), metric], sd.loc[(method, layer, kind), metric]
             return f"{m:.2f}" + (f"±{s:.2f}" if np.isfinite(s) else "")
 
         lines.append(
             f"| {method} | {layer} | "
             + " / ".join(cell("share_above_0.5", k) for k in KINDS)
+            + " | "
+            + " / ".join(cell("share_above_0.5_shuffled", k) for k in KINDS)
             + " | "
             + " / ".join(cell("mean_gradcamo", k) for k in KINDS)
             + " | "

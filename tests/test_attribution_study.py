@@ -203,3 +203,49 @@ def test_penalty_study_reuses_only_rows_and_models_trained_with_the_current_reci
             "recipe": recipe_key(setting_train(config, "weight 0", 0), config["crops"]),
         }
     ]
+
+
+def test_attribution_summary_puts_the_shuffled_baseline_beside_each_share():
+    def row(kind, seed, share, shuffled):
+        return {
+            "kind": kind,
+            "seed": seed,
+            "method": "integrated_gradients",
+            "layer": "input",
+            "mean_gradcamo": 0.4,
+            "share_above_0.5": share,
+            "enrichment": 5.0,
+            "spearman_cell_reliance": 0.5,
+            "mean_gradcamo_shuffled": 0.3,
+            "share_above_0.5_shuffled": shuffled,
+        }
+
+    table = pd.DataFrame(
+        [
+            row(kind, seed, share + 0.1 * seed, shuffled)
+            for kind, share, shuffled in (("clean", 0.3, 0.1), ("confounded", 0.05, 0.0), ("cell", 0.8, 0.6))
+            for seed in (0, 1)
+        ]
+    )
+    models = pd.DataFrame(
+        {
+            "kind": ["clean", "clean"],
+            "seed": [0, 1],
+            **{
+                m: [0.5, 0.5]
+                for m in ("test_accuracy", "cell_only_accuracy", "context_only_accuracy")
+                + ("cell_reliance", "context_reliance")
+            },
+        }
+    )
+    lines = STUDY["summary_markdown"](table, models).splitlines()
+    assert "shuffled baseline" in lines[0] and lines[0].count("|") == lines[1].count("|") == 9
+    assert lines[2].startswith(
+        "| integrated_gradients | input | 0.35±0.07 / 0.10±0.07 / 0.85±0.07 "
+        "| 0.10±0.00 / 0.00±0.00 / 0.60±0.00 |"
+    )
+    # a table from before the column still prints
+    older = STUDY["summary_markdown"](table.drop(columns="share_above_0.5_shuffled"), models).splitlines()
+    assert older[2].startswith(
+        "| integrated_gradients | input | 0.35±0.07 / 0.10±0.07 / 0.85±0.07 | – / – / – |"
+    )
