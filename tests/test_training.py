@@ -493,6 +493,20 @@ def test_the_learning_rate_peaks_after_the_warm_up_share_of_the_steps(warmup_fra
     assert np.all(np.diff(rates[: peak + 1]) > 0) and np.all(np.diff(rates[peak:]) < 0)
 
 
+@pytest.mark.parametrize("steps_per_epoch", [1, 2, 4, 8])
+def test_a_warm_up_of_one_step_does_not_divide_by_zero(steps_per_epoch):
+    # 0.25 of 4 steps: OneCycleLR alone raises ZeroDivisionError at the first step
+    settings = TrainSettings.from_config({**TRAIN_CONFIG, "epochs": 1, "warmup_fraction": 0.25})
+    optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=settings.learning_rate)
+    schedule = one_cycle_schedule(optimizer, settings, steps_per_epoch)
+    rates = []
+    for _ in range(steps_per_epoch):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert all(np.isfinite(rates)) and max(rates) <= settings.learning_rate
+
+
 def test_bad_inputs_are_named(wells):
     with pytest.raises(InputError, match="train lacks key"):
         TrainSettings.from_config({k: v for k, v in TRAIN_CONFIG.items() if k != "epochs"})

@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -613,11 +614,17 @@ def one_cycle_schedule(
     """The learning-rate schedule over ``settings.epochs`` x ``steps_per_epoch`` steps: up to
     ``settings.learning_rate`` over the first ``settings.warmup_fraction`` of them, then a
     cosine down (momentum is left to AdamW)."""
+    total = settings.epochs * steps_per_epoch
+    warmup = settings.warmup_fraction
+    # OneCycleLR divides by its warm-up's step count minus one: a warm-up of exactly one step
+    # (0.25 of 4 steps) is 0/0 at the first step, so it takes two steps instead
+    if math.isclose(warmup * total, 1.0):
+        warmup = min(2.0 / total, 0.99)
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=settings.learning_rate,
-        total_steps=settings.epochs * steps_per_epoch,
-        pct_start=settings.warmup_fraction,
+        total_steps=total,
+        pct_start=warmup,
         anneal_strategy="cos",
         cycle_momentum=False,
     )
