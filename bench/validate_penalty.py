@@ -384,7 +384,7 @@ def main() -> None:
     )
     table = args.out / "penalty_models.tsv"
     rows = (
-        pd.read_csv(table, sep="\t").rename(columns=LEGACY_COLUMNS).to_dict("records")
+        pd.read_csv(table, sep="\t", dtype={"recipe": str}).rename(columns=LEGACY_COLUMNS).to_dict("records")
         if table.exists()
         else []
     )
@@ -394,6 +394,11 @@ def main() -> None:
         if earlier.exists():
             stale = pd.read_csv(earlier, sep="\t").to_dict("records") + stale
         pd.DataFrame(stale).to_csv(earlier, sep="\t", index=False)
+        # set aside once, not at every rerun (an empty table would not read back)
+        if rows:
+            pd.DataFrame(rows).to_csv(table, sep="\t", index=False)
+        else:
+            table.unlink()
         log.warning(
             "%d row(s) of %s were trained with another recipe (config or setting changed): "
             "set aside in %s, trained again",
