@@ -249,3 +249,20 @@ def test_attribution_summary_puts_the_shuffled_baseline_beside_each_share():
     assert older[2].startswith(
         "| integrated_gradients | input | 0.35±0.07 / 0.10±0.07 / 0.85±0.07 | – / – / – |"
     )
+
+
+def test_every_penalty_setting_is_a_train_section_the_schema_accepts():
+    """Each study setting, merged into the mini config's ``train``, passes the config schema
+    (unknown keys and out-of-range values are refused there): a typo in a setting would
+    otherwise surface only when the study reaches it, hours in."""
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    schema = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+    for setting in PENALTY_STUDY["SETTINGS"]:
+        train = PENALTY_STUDY["setting_train"](config, setting, 2)
+        validate({**config, "train": train}, schema, set_default=False)
+        assert train["seed"] == 2
+    with pytest.raises(Exception, match="weigth"):
+        typo = {**config["train"], "attention_penalty": {"weigth": 1.0}}
+        validate({**config, "train": typo}, schema, set_default=False)
