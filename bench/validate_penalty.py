@@ -235,6 +235,26 @@ def current_rows(rows: list[dict], config: dict) -> tuple[list[dict], list[dict]
     return keep, stale
 
 
+def attribution_models(models_dir: Path, models_table: Path, config: dict, kind: str) -> pd.DataFrame:
+    """The attribution study's models of one ``kind`` (its ``models.tsv``, one row per
+    seed) whose checkpoint (``models/{kind}-seed{n}.pt``) was trained with the current
+    ``weight 0`` recipe of its seed (column ``recipe``); empty if there are none."""
+    if not models_table.exists():
+        return pd.DataFrame()
+    models = pd.read_csv(models_table, sep="\t")
+    keep = []
+    for m in models[models.kind == kind].to_dict("records"):
+        seed, checkpoint = int(m["seed"]), models_dir / f"{kind}-seed{m['seed']}.pt"
+        if not checkpoint.exists():
+            continue
+        recipe = load_checkpoint(checkpoint)[1].get("study_recipe", {})
+        key = recipe_key(setting_train(config, "weight 0", seed), config["crops"])
+        if recipe.get("train") is None or recipe_key(recipe["train"], recipe.get("crops")) != key:
+            continue
+        keep.append({**m, "seed": seed, "recipe": key})
+    return pd.DataFrame(keep)
+
+
 def unpenalised_clean_rows(
     models_dir: Path, models_table: Path, rows: list[dict], config: dict
 ) -> list[dict]:
@@ -242,29 +262,18 @@ def unpenalised_clean_rows(
     (``models.tsv``), so the seeds' baseline for the clean variant's cost is not trained
     twice; only where that model's checkpoint (``models/clean-seed{n}.pt``) was trained with
     the current ``weight 0`` recipe, and only seeds the penalty table does not have yet."""
-    if not models_table.exists():
-        return []
     have = {(r["setting"], r["seed"], r["variant"]) for r in rows}
-    models = pd.read_csv(models_table, sep="\t")
-    out = []
-    for m in models[models.kind == "clean"].itertuples():
-        seed, checkpoint = int(m.seed), models_dir / f"clean-seed{m.seed}.pt"
-        if ("weight 0", seed, "clean") in have or not checkpoint.exists():
-            continue
-        recipe = load_checkpoint(checkpoint)[1].get("study_recipe", {})
-        key = recipe_key(setting_train(config, "weight 0", seed), config["crops"])
-        if recipe.get("train") is None or recipe_key(recipe["train"], recipe.get("crops")) != key:
-            continue
-        out.append(
-            {
-                "setting": "weight 0",
-                "seed": seed,
-                "variant": "clean",
-                "test_accuracy": m.test_accuracy,
-                "recipe": key,
-            }
-        )
-    return out
+    return [
+        {
+            "setting": "weight 0",
+            "seed": m["seed"],
+            "variant": "clean",
+            "test_accuracy": m["test_accuracy"],
+            "recipe": m["recipe"],
+        }
+        for m in attribution_models(models_dir, models_table, config, "clean").to_dict("records")
+        if ("weight 0", m["seed"], "clean") not in have
+    ]
 
 
 #: The bar a recommended setting must clear against weight 0 on the confounded variant, as
@@ -300,7 +309,40 @@ def against_weight_0(models: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["setting", "seed", *BAR, "clean_cost"])
 
 
-def summary_markdown(models: pd.DataFrame) -> str:
+def no_context_against_weight_0(models: pd.DataFrame, cell_models: pd.DataFrame) -> pd.DataFrame:
+    """What the bar asks, measured on a model that *cannot* see the context: the attribution
+    study's ``crops.context: cell`` models (``cell_models``, its ``models.tsv`` rows: trained
+    on the confounded variant's crops with everything beyond the widened mask replaced by
+    the fill, the ``weight 0`` recipe), against ``weight 0`` on the same seeds. Per seed:
+    the change of cell reliance; of accuracy on the test cells without the shortcut (its own
+    test accuracy, whose crops carry no context, against weight 0's on the shortcut-free
+    counterparts); and ``clean_cost``, the clean variant's weight 0 test accuracy minus its
+    own. The debris lies outside the cells only, so its crops are the clean variant's but
+    for debris within the mask's margin. Seeds weight 0 lacks on either variant are left
+    out. It is where a penalty that took the model off its context entirely would land: a
+    part of the bar this model misses, a penalty on the context is not expected to meet on
+    this data either."""
+    columns = ["seed", "cell_reliance", "context_reliance", "shortcut_free_accuracy", "clean_cost"]
+    if cell_models.empty:
+        return pd.DataFrame(columns=columns)
+    weight0 = models[models.setting == "weight 0"]
+    confounded = weight0[weight0.variant == "confounded"].set_index("seed")
+    clean = weight0[weight0.variant == "clean"].set_index("seed")["test_accuracy"]
+    rows = [
+        {
+            "seed": int(m.seed),
+            "cell_reliance": m.cell_reliance - confounded.loc[m.seed, "cell_reliance"],
+            "context_reliance": m.context_reliance,
+            "shortcut_free_accuracy": m.test_accuracy - confounded.loc[m.seed, "shortcut_free_accuracy"],
+            "clean_cost": clean[m.seed] - m.test_accuracy,
+        }
+        for m in cell_models.itertuples()
+        if m.seed in confounded.index and m.seed in clean.index
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def summary_markdown(models: pd.DataFrame, cell_models: pd.DataFrame | None = None) -> str:
     metrics = {
         "share_above_0.5_input_x_gradient": "Grad-CAMO > 0.5, input×gradient",
         "share_above_0.5_layercam_blocks.0": "Grad-CAMO > 0.5, LayerCAM _blocks.0",
@@ -337,7 +379,7 @@ def summary_markdown(models: pd.DataFrame) -> str:
         lines.append(f"| {setting} | " + " | ".join(values) + f" | {accuracy} | {seeds} |")
     deltas = against_weight_0(models)
     if deltas.empty:
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + no_context_lines(models, cell_models)) + "\n"
     lines += [
         "",
         "Against weight 0 on the same seeds (mean ± SD of the paired differences; the bar: "
@@ -358,7 +400,31 @@ def summary_markdown(models: pd.DataFrame) -> str:
         )
         seeds = int(group[list(BAR)].notna().all(axis=1).sum())
         lines.append(f"| {setting} | " + " | ".join(values) + f" | {seeds} | {'yes' if meets else 'no'} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + no_context_lines(models, cell_models)) + "\n"
+
+
+def no_context_lines(models: pd.DataFrame, cell_models: pd.DataFrame | None) -> list[str]:
+    """The summary's lines on :func:`no_context_against_weight_0` (none without its models)."""
+    reference = no_context_against_weight_0(models, pd.DataFrame() if cell_models is None else cell_models)
+    if reference.empty:
+        return []
+    mean, sd = reference.mean(), reference.std(ddof=1)
+
+    def cell(m, sign="+"):
+        return f"{mean[m]:{sign}.3f}" + (f"±{sd[m]:.3f}" if len(reference) > 1 else "")
+
+    return [
+        "",
+        "A model that cannot see the context (the attribution study's `crops.context: cell` "
+        "models, the weight 0 recipe) against weight 0 on the same seeds: where a penalty "
+        "that took the model off its context entirely would land.",
+        "",
+        "| reference | Δ cell reliance | context reliance | Δ accuracy, same cells without the shortcut "
+        "| accuracy lost, clean variant | seeds |",
+        "|---|---|---|---|---|---|",
+        f"| no context | {cell('cell_reliance')} | {mean['context_reliance']:.3f} "
+        f"| {cell('shortcut_free_accuracy')} | {cell('clean_cost', '')} | {len(reference)} |",
+    ]
 
 
 def main() -> None:
@@ -451,7 +517,9 @@ def main() -> None:
                 rows.append(row)
                 log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
                 pd.DataFrame(rows).to_csv(table, sep="\t", index=False)
-    text = summary_markdown(pd.DataFrame(rows))
+    text = summary_markdown(
+        pd.DataFrame(rows), attribution_models(args.out / "models", args.out / "models.tsv", config, "cell")
+    )
     (args.out / "penalty_summary.md").write_text(text)
     print(text)
 

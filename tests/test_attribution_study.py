@@ -143,6 +143,37 @@ def test_penalty_study_judges_each_setting_against_weight_0_on_the_same_seeds():
     assert weight10.endswith("| no |")
 
 
+def test_penalty_study_measures_the_bar_on_a_model_that_cannot_see_the_context():
+    rows = [
+        _confounded_row("weight 0", 0, 0.05, 0.10, 0.50),
+        _confounded_row("weight 0", 1, 0.05, 0.20, 0.60),
+        {"setting": "weight 0", "seed": 0, "variant": "clean", "test_accuracy": 0.70},
+        {"setting": "weight 0", "seed": 1, "variant": "clean", "test_accuracy": 0.60},
+    ]
+    cell_models = pd.DataFrame(
+        {
+            "kind": "cell",
+            "seed": [0, 1, 2],  # weight 0 lacks seed 2: not compared
+            "test_accuracy": [0.62, 0.56, 0.9],
+            "cell_reliance": [0.40, 0.30, 0.9],
+            "context_reliance": [0.01, 0.03, 0.0],
+        }
+    )
+    reference = PENALTY_STUDY["no_context_against_weight_0"](pd.DataFrame(rows), cell_models).set_index(
+        "seed"
+    )
+    assert list(reference.index) == [0, 1]
+    assert reference.loc[0, "cell_reliance"] == pytest.approx(0.30)
+    assert reference.loc[1, "shortcut_free_accuracy"] == pytest.approx(-0.04)  # 0.56 against 0.60
+    assert reference.loc[0, "clean_cost"] == pytest.approx(0.08)
+    lines = PENALTY_STUDY["summary_markdown"](pd.DataFrame(rows), cell_models).splitlines()
+    assert lines[-1] == "| no context | +0.200±0.141 | 0.020 | +0.040±0.113 | 0.060±0.028 | 2 |"
+    # without the attribution study's models the summary has no such line
+    assert not any(
+        "no context" in line for line in PENALTY_STUDY["summary_markdown"](pd.DataFrame(rows)).splitlines()
+    )
+
+
 def test_study_grid_smooths_only_the_input_level_maps():
     rows = STUDY["grid"]((1.0, 0.65, 0.65))
     smoothed = [(m, label, s) for m, label, s in rows if max(s) > 0]
