@@ -309,21 +309,30 @@ def against_weight_0(models: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["setting", "seed", *BAR, "clean_cost"])
 
 
-def no_context_against_weight_0(models: pd.DataFrame, cell_models: pd.DataFrame) -> pd.DataFrame:
-    """What the bar asks, measured on a model that *cannot* see the context: the attribution
-    study's ``crops.context: cell`` models (``cell_models``, its ``models.tsv`` rows: trained
-    on the confounded variant's crops with everything beyond the widened mask replaced by
-    the fill, the ``weight 0`` recipe), against ``weight 0`` on the same seeds. Per seed:
-    the change of cell reliance; of accuracy on the test cells without the shortcut (its own
-    test accuracy, whose crops carry no context, against weight 0's on the shortcut-free
-    counterparts); and ``clean_cost``, the clean variant's weight 0 test accuracy minus its
-    own. The debris lies outside the cells only, so its crops are the clean variant's but
-    for debris within the mask's margin. Seeds weight 0 lacks on either variant are left
-    out. It is where a penalty that took the model off its context entirely would land: a
-    part of the bar this model misses, a penalty on the context is not expected to meet on
-    this data either."""
+#: The attribution study's models that stand as references for what the bar asks (its
+#: ``models.tsv`` kinds, each trained with the weight 0 recipe): where a penalty would land
+#: that removed exactly the shortcut (the clean model: no debris in its data, its
+#: neighbours kept), and one that took the model off its context entirely (the cell model:
+#: ``crops.context: cell``, the context replaced by the fill).
+REFERENCES = {
+    "clean": "no shortcut, neighbours kept (the clean model)",
+    "cell": "no context (`crops.context: cell`)",
+}
+
+
+def reference_against_weight_0(models: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """What the bar asks, measured on a reference model (:data:`REFERENCES`; ``reference``
+    is its rows of the attribution study's ``models.tsv``) against ``weight 0`` on the same
+    seeds. Per seed: the change of cell reliance; of accuracy on the test cells without
+    the shortcut (the reference's own test accuracy -- its crops carry no debris -- against
+    weight 0's on the shortcut-free counterparts); and ``clean_cost``, the clean variant's
+    weight 0 test accuracy minus the reference's (0 for the clean model itself). The debris
+    lies outside the cells only, so the cell model's crops are the clean variant's but for
+    debris within the mask's margin. Seeds weight 0 lacks on either variant are left out. A
+    part of the bar a reference misses, a penalty aiming at what it stands for is not
+    expected to meet on this data either."""
     columns = ["seed", "cell_reliance", "context_reliance", "shortcut_free_accuracy", "clean_cost"]
-    if cell_models.empty:
+    if reference.empty:
         return pd.DataFrame(columns=columns)
     weight0 = models[models.setting == "weight 0"]
     confounded = weight0[weight0.variant == "confounded"].set_index("seed")
@@ -336,13 +345,15 @@ def no_context_against_weight_0(models: pd.DataFrame, cell_models: pd.DataFrame)
             "shortcut_free_accuracy": m.test_accuracy - confounded.loc[m.seed, "shortcut_free_accuracy"],
             "clean_cost": clean[m.seed] - m.test_accuracy,
         }
-        for m in cell_models.itertuples()
+        for m in reference.itertuples()
         if m.seed in confounded.index and m.seed in clean.index
     ]
     return pd.DataFrame(rows, columns=columns)
 
 
-def summary_markdown(models: pd.DataFrame, cell_models: pd.DataFrame | None = None) -> str:
+def summary_markdown(models: pd.DataFrame, references: dict[str, pd.DataFrame] | None = None) -> str:
+    """The study's tables; ``references``, per kind of :data:`REFERENCES`, its models (none
+    shown if ``None``)."""
     metrics = {
         "share_above_0.5_input_x_gradient": "Grad-CAMO > 0.5, input×gradient",
         "share_above_0.5_layercam_blocks.0": "Grad-CAMO > 0.5, LayerCAM _blocks.0",
@@ -379,7 +390,7 @@ def summary_markdown(models: pd.DataFrame, cell_models: pd.DataFrame | None = No
         lines.append(f"| {setting} | " + " | ".join(values) + f" | {accuracy} | {seeds} |")
     deltas = against_weight_0(models)
     if deltas.empty:
-        return "\n".join(lines + no_context_lines(models, cell_models)) + "\n"
+        return "\n".join(lines + reference_lines(models, references or {})) + "\n"
     lines += [
         "",
         "Against weight 0 on the same seeds (mean ± SD of the paired differences; the bar: "
@@ -400,30 +411,38 @@ def summary_markdown(models: pd.DataFrame, cell_models: pd.DataFrame | None = No
         )
         seeds = int(group[list(BAR)].notna().all(axis=1).sum())
         lines.append(f"| {setting} | " + " | ".join(values) + f" | {seeds} | {'yes' if meets else 'no'} |")
-    return "\n".join(lines + no_context_lines(models, cell_models)) + "\n"
+    return "\n".join(lines + reference_lines(models, references or {})) + "\n"
 
 
-def no_context_lines(models: pd.DataFrame, cell_models: pd.DataFrame | None) -> list[str]:
-    """The summary's lines on :func:`no_context_against_weight_0` (none without its models)."""
-    reference = no_context_against_weight_0(models, pd.DataFrame() if cell_models is None else cell_models)
-    if reference.empty:
+def reference_lines(models: pd.DataFrame, references: dict[str, pd.DataFrame]) -> list[str]:
+    """The summary's table of :func:`reference_against_weight_0`, a row per reference with
+    models (no lines if none has)."""
+    rows = []
+    for kind, label in REFERENCES.items():
+        reference = reference_against_weight_0(models, references.get(kind, pd.DataFrame()))
+        if reference.empty:
+            continue
+        mean, sd = reference.mean(), reference.std(ddof=1)
+
+        def cell(m, sign="+"):
+            return f"{mean[m]:{sign}.3f}" + (f"±{sd[m]:.3f}" if len(reference) > 1 else "")
+
+        rows.append(
+            f"| {label} | {cell('cell_reliance')} | {mean['context_reliance']:.3f} "
+            f"| {cell('shortcut_free_accuracy')} | {cell('clean_cost', '')} | {len(reference)} |"
+        )
+    if not rows:
         return []
-    mean, sd = reference.mean(), reference.std(ddof=1)
-
-    def cell(m, sign="+"):
-        return f"{mean[m]:{sign}.3f}" + (f"±{sd[m]:.3f}" if len(reference) > 1 else "")
-
     return [
         "",
-        "A model that cannot see the context (the attribution study's `crops.context: cell` "
-        "models, the weight 0 recipe) against weight 0 on the same seeds: where a penalty "
-        "that took the model off its context entirely would land.",
+        "References, not settings (the attribution study's models, the weight 0 recipe), against "
+        "weight 0 on the same seeds: where a penalty would land that removed exactly the "
+        "shortcut, and one that took the model off its context entirely.",
         "",
         "| reference | Δ cell reliance | context reliance | Δ accuracy, same cells without the shortcut "
         "| accuracy lost, clean variant | seeds |",
         "|---|---|---|---|---|---|",
-        f"| no context | {cell('cell_reliance')} | {mean['context_reliance']:.3f} "
-        f"| {cell('shortcut_free_accuracy')} | {cell('clean_cost', '')} | {len(reference)} |",
+        *rows,
     ]
 
 
@@ -517,9 +536,11 @@ def main() -> None:
                 rows.append(row)
                 log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
                 pd.DataFrame(rows).to_csv(table, sep="\t", index=False)
-    text = summary_markdown(
-        pd.DataFrame(rows), attribution_models(args.out / "models", args.out / "models.tsv", config, "cell")
-    )
+    references = {
+        kind: attribution_models(args.out / "models", args.out / "models.tsv", config, kind)
+        for kind in REFERENCES
+    }
+    text = summary_markdown(pd.DataFrame(rows), references)
     (args.out / "penalty_summary.md").write_text(text)
     print(text)
 

@@ -143,7 +143,7 @@ def test_penalty_study_judges_each_setting_against_weight_0_on_the_same_seeds():
     assert weight10.endswith("| no |")
 
 
-def test_penalty_study_measures_the_bar_on_a_model_that_cannot_see_the_context():
+def test_penalty_study_measures_the_bar_on_the_reference_models():
     rows = [
         _confounded_row("weight 0", 0, 0.05, 0.10, 0.50),
         _confounded_row("weight 0", 1, 0.05, 0.20, 0.60),
@@ -159,15 +159,32 @@ def test_penalty_study_measures_the_bar_on_a_model_that_cannot_see_the_context()
             "context_reliance": [0.01, 0.03, 0.0],
         }
     )
-    reference = PENALTY_STUDY["no_context_against_weight_0"](pd.DataFrame(rows), cell_models).set_index(
-        "seed"
-    )
+    reference = PENALTY_STUDY["reference_against_weight_0"](pd.DataFrame(rows), cell_models).set_index("seed")
     assert list(reference.index) == [0, 1]
     assert reference.loc[0, "cell_reliance"] == pytest.approx(0.30)
     assert reference.loc[1, "shortcut_free_accuracy"] == pytest.approx(-0.04)  # 0.56 against 0.60
     assert reference.loc[0, "clean_cost"] == pytest.approx(0.08)
-    lines = PENALTY_STUDY["summary_markdown"](pd.DataFrame(rows), cell_models).splitlines()
-    assert lines[-1] == "| no context | +0.200±0.141 | 0.020 | +0.040±0.113 | 0.060±0.028 | 2 |"
+    clean_models = pd.DataFrame(
+        {
+            "kind": "clean",
+            "seed": [0, 1],
+            "test_accuracy": [0.70, 0.60],
+            "cell_reliance": [0.25, 0.30],
+            "context_reliance": [0.1, 0.1],
+        }
+    )
+    lines = PENALTY_STUDY["summary_markdown"](
+        pd.DataFrame(rows), {"cell": cell_models, "clean": clean_models}
+    ).splitlines()
+    # the clean model, as the weight 0 clean rows are, costs nothing on the clean variant
+    assert lines[-2] == (
+        "| no shortcut, neighbours kept (the clean model) "
+        "| +0.125±0.035 | 0.100 | +0.100±0.141 | 0.000±0.000 | 2 |"
+    )
+    assert (
+        lines[-1]
+        == "| no context (`crops.context: cell`) | +0.200±0.141 | 0.020 | +0.040±0.113 | 0.060±0.028 | 2 |"
+    )
     # without the attribution study's models the summary has no such line
     assert not any(
         "no context" in line for line in PENALTY_STUDY["summary_markdown"](pd.DataFrame(rows)).splitlines()
