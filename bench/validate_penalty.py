@@ -15,7 +15,10 @@ seed it trains on the confounded variant (:func:`gradcamo.training.train_classif
   map can be fooled without the model changing (Heo et al., 2019); and under integrated
   gradients, the profile stage's default, which no setting is trained on;
 
-and, trained on the clean variant, the test accuracy each setting costs there.
+and, trained on the clean variant, the test accuracy each setting costs there. Beside the
+settings, the summary measures the bar on two of the attribution study's models
+(:data:`REFERENCES`): where a penalty would land that removed exactly the shortcut, and one
+that removed the whole context.
 Writes ``penalty_models.tsv`` (one row per model) and ``penalty_summary.md``. A rerun reuses
 the rows trained with the current recipe (the mini config's ``train`` with the setting and
 seed, and its ``crops``; column ``recipe``); rows of an earlier recipe are set aside in
