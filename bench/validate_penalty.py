@@ -258,13 +258,11 @@ def attribution_models(models_dir: Path, models_table: Path, config: dict, kind:
     return pd.DataFrame(keep)
 
 
-def unpenalised_clean_rows(
-    models_dir: Path, models_table: Path, rows: list[dict], config: dict
-) -> list[dict]:
+def unpenalised_clean_rows(clean_models: pd.DataFrame, rows: list[dict]) -> list[dict]:
     """``weight 0`` rows of the clean variant taken from the attribution study's clean models
-    (``models.tsv``), so the seeds' baseline for the clean variant's cost is not trained
-    twice; only where that model's checkpoint (``models/clean-seed{n}.pt``) was trained with
-    the current ``weight 0`` recipe, and only seeds the penalty table does not have yet."""
+    (``clean_models``: :func:`attribution_models` of kind ``clean``, those trained with the
+    current ``weight 0`` recipe), so the seeds' baseline for the clean variant's cost is not
+    trained twice; only seeds the penalty table (``rows``) does not have yet."""
     have = {(r["setting"], r["seed"], r["variant"]) for r in rows}
     return [
         {
@@ -274,7 +272,7 @@ def unpenalised_clean_rows(
             "test_accuracy": m["test_accuracy"],
             "recipe": m["recipe"],
         }
-        for m in attribution_models(models_dir, models_table, config, "clean").to_dict("records")
+        for m in clean_models.to_dict("records")
         if ("weight 0", m["seed"], "clean") not in have
     ]
 
@@ -497,7 +495,13 @@ def main() -> None:
             table,
             earlier,
         )
-    rows += unpenalised_clean_rows(args.out / "models", args.out / "models.tsv", rows, config)
+    # The reference models, read (and their checkpoints' recipes checked) once: the clean
+    # ones also stand in for weight 0 on the clean variant.
+    references = {
+        kind: attribution_models(args.out / "models", args.out / "models.tsv", config, kind)
+        for kind in REFERENCES
+    }
+    rows += unpenalised_clean_rows(references["clean"], rows)
     done = {(r["setting"], r["seed"], r["variant"]) for r in rows}
     for seed in range(args.seeds):  # seeds outermost: a study cut short still compares settings
         for setting in args.settings:
@@ -539,10 +543,6 @@ def main() -> None:
                 rows.append(row)
                 log.info("%s", {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
                 pd.DataFrame(rows).to_csv(table, sep="\t", index=False)
-    references = {
-        kind: attribution_models(args.out / "models", args.out / "models.tsv", config, kind)
-        for kind in REFERENCES
-    }
     text = summary_markdown(pd.DataFrame(rows), references)
     (args.out / "penalty_summary.md").write_text(text)
     print(text)

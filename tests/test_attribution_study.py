@@ -241,7 +241,8 @@ def test_penalty_study_reuses_only_rows_and_models_trained_with_the_current_reci
     for seed, source in ((0, config), (1, before)):
         recipe = {"train": {**source["train"], "seed": seed}, "crops": source["crops"], "kind": "clean"}
         save_checkpoint(models / f"clean-seed{seed}.pt", model, {**meta, "study_recipe": recipe})
-    reused = PENALTY_STUDY["unpenalised_clean_rows"](models, table, [], config)
+    clean = PENALTY_STUDY["attribution_models"](models, table, config, "clean")
+    reused = PENALTY_STUDY["unpenalised_clean_rows"](clean, [])
     assert reused == [
         {
             "setting": "weight 0",
