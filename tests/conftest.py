@@ -10,11 +10,39 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gradcamo.readers import ImageSettings, Site, labelled_sites, open_reader
+from gradcamo.readers.tiff import read_zstack
+from gradcamo.sites import SiteSource
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "resources" / "mini"
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+
+
+def image_settings(channels=CHANNELS, layout="tiff", page_order=None, voxel_size=(1.0, 1.0, 1.0), **changes):
+    """Image settings for test files (write_zstack's default voxel size is 1 µm)."""
+    values = dict(
+        channels=tuple(channels),
+        layout=layout,
+        page_order=page_order,
+        channel_names={},
+        voxel_size=tuple(voxel_size),
+        voxel_size_tolerance=0.02,
+    )
+    return ImageSettings(**{**values, **changes})
+
+
+def zstack(path, channels=CHANNELS, page_order=None, **changes) -> np.ndarray:
+    """A test z-stack file read as the workflow reads it (ZCYX, channels by name)."""
+    return read_zstack(path, image_settings(channels, page_order=page_order, **changes))
+
+
+def file_site(site: int, image, labels, channels=CHANNELS) -> SiteSource:
+    """One site of z-stack and label files, as the crop stage receives it."""
+    reader = open_reader(image_settings(channels))
+    return labelled_sites(reader, [Site("P1", "B02", site, image=str(image))], [str(labels)])[0]
+
 
 # numba (Cellpose, UMAP), matplotlib and Cellpose need writable folders; never the home.
 _CACHE = Path(tempfile.gettempdir()) / "gradcamo-test-cache"

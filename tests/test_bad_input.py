@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import REPO, SNAKEMAKE, run_snakemake, write_project
-from gradcamo.crops import SiteFiles, write_well_store
+from conftest import REPO, SNAKEMAKE, file_site, run_snakemake, write_project, zstack
+from gradcamo.crops import write_well_store
 from gradcamo.errors import InputError
-from gradcamo.io import read_zstack, write_labels, write_zstack
+from gradcamo.io import write_labels, write_zstack
 from gradcamo.qc import saturation_level, site_qc
 from gradcamo.samples import canonical_well, coerce_to_schema, read_sample_sheet
 
@@ -35,7 +35,7 @@ def test_supported_pixel_types_read_and_qc_by_type(tmp_path, dtype):
     image = stack(dtype)
     image[0, 0, 0, :4] = 255 if dtype == np.uint8 else image[0, 0, 0, :4]
     write_zstack(path, image, CHANNELS)
-    back = read_zstack(path, 2)
+    back = zstack(path, CHANNELS)
     assert back.dtype == dtype and back.shape == (4, 2, 16, 16)
     # A strided uint8 channel view compared with 65535 crashed NumPy 2.0 (SIGSEGV).
     qc = site_qc(back, CHANNELS, saturation_value=65535)
@@ -54,19 +54,19 @@ def test_other_pixel_types_are_refused_by_name(tmp_path, dtype):
     path = tmp_path / "z.tif"
     tifffile.imwrite(path, stack(dtype), metadata={"axes": "ZCYX"}, ome=True)
     with pytest.raises(InputError, match=rf"z\.tif: pixel type {np.dtype(dtype)} is not supported"):
-        read_zstack(path, 2)
+        zstack(path, CHANNELS)
 
 
 def test_untagged_pages_are_read_in_the_declared_order_or_refused(tmp_path):
     zcyx = stack(np.uint16, (3, 2, 8, 8))
     path = tmp_path / "plain.tif"
     tifffile.imwrite(path, zcyx.reshape(6, 8, 8), photometric="minisblack", metadata=None)
-    with pytest.raises(InputError, match=r"plain\.tif: a multi-page TIFF without axes.*images\.page_order"):
-        read_zstack(path, 2)
-    np.testing.assert_array_equal(read_zstack(path, 2, "ZCYX"), zcyx)
+    with pytest.raises(InputError, match=r"plain\.tif: a TIFF without axes metadata.*images\.page_order"):
+        zstack(path, CHANNELS)
+    np.testing.assert_array_equal(zstack(path, CHANNELS, "ZCYX"), zcyx)
     czyx = tmp_path / "czyx.tif"
     tifffile.imwrite(czyx, zcyx.swapaxes(0, 1).reshape(6, 8, 8), photometric="minisblack", metadata=None)
-    np.testing.assert_array_equal(read_zstack(czyx, 2, "CZYX"), zcyx)
+    np.testing.assert_array_equal(zstack(czyx, CHANNELS, "CZYX"), zcyx)
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.9])
@@ -77,7 +77,7 @@ def test_a_truncated_tiff_is_named_as_truncated(tmp_path, keep):
     cut = tmp_path / "cut.tif"
     cut.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(InputError, match=r"cut\.tif: .*truncated or damaged"):
-        read_zstack(cut, 2)
+        zstack(cut, CHANNELS)
 
 
 def test_well_names_have_one_spelling(tmp_path):
@@ -109,7 +109,7 @@ def test_crops_deeper_than_the_stack_are_said_in_the_log(tmp_path, caplog):
     labels = np.zeros((4, 16, 16), np.uint16)
     labels[1:3, 6:10, 6:10] = 1
     write_labels(tmp_path / "l1.tif", labels)
-    site = SiteFiles(1, str(tmp_path / "s1.tif"), str(tmp_path / "l1.tif"))
+    site = file_site(1, tmp_path / "s1.tif", tmp_path / "l1.tif", CHANNELS)
     norm = {"scope": "site", "reference": "all", "lower_percentile": 1.0, "upper_percentile": 99.0}
     meta = {"plate": "P1", "well": "B02", "treatment": "X"}
     with caplog.at_level(logging.WARNING, logger="gradcamo.crops"):

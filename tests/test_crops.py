@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import file_site
 from gradcamo import crops, normalization
 from gradcamo.errors import InputError
-from gradcamo.io import read_labels, read_zstack, write_labels, write_zstack
+from gradcamo.io import write_labels, write_zstack
+from gradcamo.sites import SiteSource
 from gradcamo.store import CropStore
 
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
@@ -150,21 +152,21 @@ def test_plate_reference_pools_sampled_sites_and_fills_from_background(tmp_path)
         labels = np.zeros((4, 32, 32), np.uint16)
         labels[:, :16] = 1  # the top half is a cell: the fill comes from the bottom half
         write_labels(labels_path, labels)
-        sites.append((path, labels_path))
+        sites.append(file_site(i, path, labels_path))
 
     def reference(scope, sample, fill=500):
-        return normalization.plate_reference(sites, 5, 2.0, 98.0, scope, sample, fill, seed=0)
+        return normalization.plate_reference(sites, 2.0, 98.0, scope, sample, fill, seed=0)
 
     exact, fill = reference("plate", 10**9)  # no subsampling
     sampled, _ = reference("plate", 2000)  # every 4th voxel
-    pooled = np.concatenate([read_zstack(p, 5) for p, _ in sites], axis=0)
+    pooled = np.concatenate([site.zstack() for site in sites], axis=0)
     np.testing.assert_allclose(exact, normalization.percentile_bounds(pooled, 2.0, 98.0))
     np.testing.assert_allclose(sampled, exact, atol=0.03 * 3000)
     assert not np.array_equal(sampled, exact)
     # The fill: background voxels only (clear of the cell by 2 voxels), normalised alike.
     assert fill.shape == (500, 5) and fill.dtype == np.float32
     background = np.concatenate(
-        [read_zstack(p, 5)[:, :, 18:].transpose(0, 2, 3, 1).reshape(-1, 5) for p, _ in sites]
+        [site.zstack()[:, :, 18:].transpose(0, 2, 3, 1).reshape(-1, 5) for site in sites]
     )
     expected = normalization.normalize_voxels(background, exact)
     assert fill.min() >= expected.min() - 1e-6 and fill.max() <= expected.max() + 1e-6
@@ -191,12 +193,13 @@ def test_filters_count_what_they_drop():
 # ------------------------------------------------------------------------------ store
 
 
-def write_site(folder: Path, name: str, labels: np.ndarray, n_channels=5, seed=0) -> crops.SiteFiles:
+def write_site(folder: Path, name: str, labels: np.ndarray, n_channels=5, seed=0) -> SiteSource:
     rng = np.random.default_rng(seed)
     stack = rng.integers(100, 4000, (labels.shape[0], n_channels, *labels.shape[1:])).astype(np.uint16)
     write_zstack(folder / f"{name}.tif", stack, CHANNELS[:n_channels])
     write_labels(folder / f"{name}_labels.tif", labels)
-    return crops.SiteFiles(int(name[-1]), str(folder / f"{name}.tif"), str(folder / f"{name}_labels.tif"))
+    # Read as the workflow would, with all five configured channels.
+    return file_site(int(name[-1]), folder / f"{name}.tif", folder / f"{name}_labels.tif", CHANNELS)
 
 
 def test_well_store_random_access_matches_direct_crops(tmp_path):
@@ -222,7 +225,7 @@ def test_well_store_random_access_matches_direct_crops(tmp_path):
     for index in (4, 0, 2):  # any order
         row = store.cells.iloc[index]
         site = sites[int(row.Metadata_Site) - 1]
-        stack, labels = read_zstack(site.image, 5), read_labels(site.labels)
+        stack, labels = site.arrays()
         bounds = np.asarray(store.normalization["bounds"][str(row.Metadata_Site)])
         images, masks = crops.crop_cells(stack, labels, store.cells.iloc[[index]], CROP, bounds)
         image, mask = store[index]
@@ -241,7 +244,7 @@ def test_plate_scope_uses_the_given_bounds(tmp_path):
     image, mask = store[0]
     np.testing.assert_allclose(
         image[:, mask > 0],
-        read_zstack(site.image, 5).transpose(1, 0, 2, 3)[:, 3:6, 11:14, 13:16].reshape(5, -1) / 4000,
+        site.zstack().transpose(1, 0, 2, 3)[:, 3:6, 11:14, 13:16].reshape(5, -1) / 4000,
         rtol=1e-3,
     )
 
@@ -295,7 +298,7 @@ def assert_no_output(folder: Path) -> None:
 
 def test_label_shape_mismatch_fails_naming_the_file(tmp_path):
     site = write_site(tmp_path, "site1", cube_labels([(4, 12, 14)]))
-    write_labels(site.labels, np.zeros((8, 24, 20), np.int32))
+    write_labels(tmp_path / "site1_labels.tif", np.zeros((8, 24, 20), np.int32))
     with pytest.raises(InputError, match=r"site1_labels\.tif.*shape"):
         crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     assert_no_output(tmp_path)
@@ -304,13 +307,13 @@ def test_label_shape_mismatch_fails_naming_the_file(tmp_path):
 def test_corrupt_tiff_fails_naming_the_file(tmp_path):
     good = write_site(tmp_path, "site1", cube_labels([(4, 12, 14)]))
     bad = write_site(tmp_path, "site2", cube_labels([(4, 12, 14)]))
-    Path(bad.image).write_bytes(b"II*\x00 not a tiff at all")
+    (tmp_path / "site2.tif").write_bytes(b"II*\x00 not a tiff at all")
     with pytest.raises(InputError, match=r"site2\.tif"):
         crops.write_well_store(
             tmp_path / "store", [good, bad], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE
         )
     assert_no_output(tmp_path)
-    Path(bad.labels).write_bytes(b"garbage")
+    (tmp_path / "site2_labels.tif").write_bytes(b"garbage")
     with pytest.raises(InputError, match=r"site2_labels\.tif"):
         crops.write_well_store(
             tmp_path / "store", [good, bad], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE
@@ -320,7 +323,9 @@ def test_corrupt_tiff_fails_naming_the_file(tmp_path):
 
 def test_wrong_number_of_channels_fails_naming_the_file(tmp_path):
     site = write_site(tmp_path, "site1", cube_labels([(4, 12, 14)]), n_channels=4)
-    with pytest.raises(InputError, match=r"site1\.tif.*4 channels"):
+    with pytest.raises(
+        InputError, match=r"site1\.tif: configured channel 'Mito' is not in the export's channels"
+    ):
         crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     assert_no_output(tmp_path)
 
@@ -328,7 +333,7 @@ def test_wrong_number_of_channels_fails_naming_the_file(tmp_path):
 def test_a_failed_rewrite_keeps_the_previous_store(tmp_path):
     site = write_site(tmp_path, "site1", cube_labels([(4, 12, 14)]))
     crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
-    write_labels(site.labels, np.zeros((2, 2, 2), np.int32))
+    write_labels(tmp_path / "site1_labels.tif", np.zeros((2, 2, 2), np.int32))
     with pytest.raises(InputError):
         crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     assert len(CropStore.open(tmp_path / "store")) == 1

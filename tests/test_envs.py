@@ -25,6 +25,7 @@ PACKAGE_OF = {
     "umap": "umap-learn",
     "torch": "pytorch",
     "yaml": "pyyaml",
+    "ome_zarr": "ome-zarr",
 }
 NOT_PACKAGES = {"snakemake", "gradcamo"}  # injected by Snakemake / on PYTHONPATH
 

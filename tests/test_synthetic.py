@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import zstack
 from gradcamo.errors import InputError
-from gradcamo.io import read_labels, read_zstack
+from gradcamo.io import read_labels
 from gradcamo.synthetic import (
     CHANNELS,
     CONTROL,
@@ -32,7 +33,7 @@ SCRIPT = ROOT / "workflow" / "scripts" / "make_mini_dataset.py"
 
 
 def load_site(folder: Path, row) -> tuple[np.ndarray, np.ndarray]:
-    image = read_zstack(folder / row.image, len(CHANNELS))
+    image = zstack(folder / row.image, CHANNELS, voxel_size=VOXEL_SIZE)
     return image, read_labels(folder / row.labels, (image.shape[0], *image.shape[2:]))
 
 

@@ -159,3 +159,57 @@ def test_a_plate_without_controls_is_refused_by_name(tmp_path):
     assert "crops.normalization.reference" in out and "'P2'" in out and "'all'" in out
     project = write_project(tmp_path / "all", rows, {**sites, "crops.normalization.reference": "all"})
     assert _job_counts(run_snakemake(project, "-n").stdout)["crop_normalization"] == 2
+
+
+def test_training_sites_without_labels_name_the_key_whatever_the_model(tmp_path):
+    """A built-in model with segmentation.train.sites left naming sites without labels
+    stopped with Snakemake's own "Input and output files have to be specified as strings or
+    lists of strings" (the train_segmentation rule's labels were NaN): the key is named."""
+    rows = [{k: v for k, v in r.items() if k != "labels"} for r in mini_sheet_rows()]
+    project = write_project(tmp_path, rows, {"segmentation.model": "cyto3"})
+    proc = run_snakemake(project, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "have to be specified as strings" not in out
+    assert "config key 'segmentation.train.sites': site 'P1/B02/1'" in out
+    assert "has no 'labels'" in out and "segmentation.model is 'cyto3': empty the list" in out
+
+
+def test_a_per_plane_export_is_indexed_once_per_plate(tmp_path):
+    """A Harmony export of the mini dataset: one index_images job per plate before any job
+    that reads images, and every reading job depends on its plate's index, not on the 5,760
+    plane files."""
+    import layouts
+    from gradcamo.samples import read_sample_sheet
+
+    samples = read_sample_sheet(REPO / "resources/mini/samples.tsv")
+    indexes = layouts.export_harmony(layouts.read_sites(samples), tmp_path / "export")
+    rows = [
+        {
+            **{k: r[k] for k in ("plate", "well", "site", "treatment", "concentration", "control")},
+            "image": str(indexes[r["plate"]]),
+        }
+        for r in mini_sheet_rows()
+    ]
+    project = write_project(
+        tmp_path / "project",
+        rows,
+        {
+            "images.layout": "harmony",
+            "images.channel_names": layouts.CHANNEL_NAMES["harmony"],
+            "segmentation.model": "cyto3",
+            "segmentation.train.sites": [],
+        },
+    )
+    proc = run_snakemake(project, "-n", "--quiet", "rules")
+    counts = _job_counts(proc.stdout)
+    assert counts["index_images"] == 2 and counts["segment"] == N_WELLS and "train_segmentation" not in counts
+    detail = run_snakemake(project, "-n", "-r", "results/crops/P1/B02/store.json").stdout
+    assert "results/images/P1.parquet" in detail and ".tiff" not in detail
+    # A channel name the export does not have is named when the plate is indexed.
+    (project / "config/config.yaml").write_text(
+        (project / "config/config.yaml").read_text().replace("HOECHST 33342", "DAPI")
+    )
+    proc = run_snakemake(project, "--cores", "1", "results/images/P1.parquet", check=False)
+    log = (project / "logs/index_images/P1.log").read_text()
+    assert proc.returncode != 0 and "configured channel 'DNA' is not in the export's channels" in log
+    assert not (project / "results/images/P1.parquet").exists()

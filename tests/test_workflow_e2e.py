@@ -265,3 +265,60 @@ def test_report(project):
     summary = json.loads((project / "results/aggregate/summary.json").read_text())
     accuracy = summary["accuracy"]["test"]["accuracy"]
     assert "The answer of this run" in html and f"{accuracy:.3f}".rstrip("0") in html
+
+
+def test_a_phenix_export_of_the_mini_dataset_gives_the_same_crops(project, wells, tmp_path):
+    """The mini dataset exported per plane in Opera Phenix naming with its Harmony index (LZW
+    planes, channel numbers not in stain order), its sheet written by ``gradcamo-sheet`` from
+    the export and a JUMP-style plate map, runs through the crops with the OME-TIFF run's
+    Cellpose model: every well's crops, masks and cell table are the OME-TIFF run's, bit for
+    bit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import layouts
+    from conftest import write_project
+    from gradcamo.samples import read_sample_sheet
+
+    samples = read_sample_sheet(Path(layouts.__file__).parents[1] / "resources/mini/samples.tsv")
+    indexes = layouts.export_harmony(layouts.read_sites(samples), tmp_path / "export")
+    layouts.platemap(samples).to_csv(tmp_path / "platemap.txt", sep="\t", index=False)
+    workdir = write_project(
+        tmp_path / "project",
+        [],
+        {
+            "images.layout": "harmony",
+            "images.channel_names": layouts.CHANNEL_NAMES["harmony"],
+            "segmentation.model": str(project / "results/segmentation/model/cellpose_model"),
+            "segmentation.train.sites": [],
+        },
+    )
+    sheet_cmd = Path(sys.executable).parent / "gradcamo-sheet"
+    built = subprocess.run(
+        [
+            str(sheet_cmd),
+            *map(str, indexes.values()),
+            "--platemap",
+            str(tmp_path / "platemap.txt"),
+            "--config",
+            str(workdir / "config/config.yaml"),
+            "-o",
+            str(workdir / "config/samples.tsv"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert "2 plate(s), 16 wells, 48 fields" in built.stdout and "missing" not in built.stdout
+    targets = [f"results/crops/{p}/{w}/store.json" for p, w in zip(wells.plate, wells.well)]
+    run_snakemake(workdir, "--cores", "2", *targets)
+    assert (workdir / "results/images/P1.parquet").is_file()
+    for plate, well in zip(wells.plate, wells.well):
+        ours, theirs = workdir / f"results/crops/{plate}/{well}", project / f"results/crops/{plate}/{well}"
+        for array in ("images.npy", "masks.npy"):
+            np.testing.assert_array_equal(np.load(ours / array), np.load(theirs / array))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(ours / "cells.parquet"), pd.read_parquet(theirs / "cells.parquet")
+        )

@@ -28,6 +28,7 @@ for var, default in (
     os.environ.setdefault(var, str(Path(default).absolute()))
 
 from gradcamo.errors import InputError
+from gradcamo.readers import PLANE_LAYOUTS, ImageSettings
 from gradcamo.samples import (
     check_config,
     coerce_to_schema,
@@ -84,6 +85,13 @@ check_sample_sheet(SAMPLES, SAMPLE_SHEET)
 check_config(config, SAMPLES)
 
 CHANNELS = list(config["channels"])
+# How every job reads a site (gradcamo.readers): the layout and what it needs, as params.
+IMAGE_SETTINGS = ImageSettings.from_config(config).as_dict()
+# Per-plane layouts are listed once per plate (rule index_images); jobs read their index.
+PLANE_LAYOUT = config["images"]["layout"] in PLANE_LAYOUTS
+CHANNEL_IMAGE_COLUMNS = (
+    [f"image_{c}" for c in CHANNELS] if config["images"]["layout"] == "channel_files" else []
+)
 
 # The report's front page states the run's answer in numbers. Snakemake renders that page
 # (workflow/report/workflow.rst) with nothing but the config, so the finished run's
@@ -139,20 +147,38 @@ def site_labels(plate, well, site):
     return f"results/segment/{plate}/{well}/site{site}.tif"
 
 
-def reference_site_files(plate):
-    """``(z-stack, label image)`` of every reference site of a plate."""
-    rows = reference_sites(plate)
-    return [(r.image, site_labels(r.plate, r.well, r.site)) for r in rows.itertuples(index=False)]
+def image_index(plate):
+    """The plane index of a plate (per-plane layouts), written by rule index_images."""
+    return f"results/images/{plate}.parquet"
+
+
+def site_files(rows):
+    """What reading these sheet rows' sites depends on: their z-stacks, per-channel files or
+    OME-Zarr plate; nothing for per-plane layouts, whose jobs depend on the index instead."""
+    if PLANE_LAYOUT:
+        return []
+    if CHANNEL_IMAGE_COLUMNS:
+        return [path for row in rows[CHANNEL_IMAGE_COLUMNS].itertuples(index=False) for path in row]
+    return list(dict.fromkeys(rows["image"]))
+
+
+def site_index(rows):
+    """The plane indexes of these sheet rows' plates (per-plane layouts; otherwise none)."""
+    return sorted({image_index(p) for p in rows["plate"]}) if PLANE_LAYOUT else []
+
+
+def site_records(rows, labels=False):
+    """The sites of sheet rows as gradcamo.readers.Site fields, with the label image the
+    segment rule writes for each when ``labels``."""
+    records = rows[["plate", "well", "site", "image", *CHANNEL_IMAGE_COLUMNS]].to_dict("records")
+    if labels:
+        records = [{**r, "labels": site_labels(r["plate"], r["well"], r["site"])} for r in records]
+    return records
 
 
 def reference_segments(plate):
     """Label folders (results/segment/{plate}/{well}) of a plate's reference wells."""
     return [f"results/segment/{plate}/{well}" for well in reference_wells(WELLS, plate, config)]
-
-
-def well_images(wildcards):
-    """Z-stack paths of the well's sites, in site order."""
-    return list(well_sites(wildcards)["image"])
 
 
 def well_labels(wildcards):

@@ -5,7 +5,8 @@ rule crop_normalization:
     """A plate's reference: per-channel percentiles (scope plate) and the neutral fill
     (background voxels of its reference wells, for crops.context: cell and the audit)."""
     input:
-        images=lambda wc: list(reference_sites(wc.plate)["image"]),
+        images=lambda wc: site_files(reference_sites(wc.plate)),
+        index=lambda wc: site_index(reference_sites(wc.plate)),
         segments=lambda wc: reference_segments(wc.plate),
     output:
         bounds="results/crops/{plate}/normalization.json",
@@ -19,10 +20,9 @@ rule crop_normalization:
         mem_mb=2000,
         runtime=30,
     params:
-        # (image, labels) of every reference site; labels inside the segment folders above.
-        sites=lambda wc: reference_site_files(wc.plate),
-        channels=CHANNELS,
-        page_order=config["images"]["page_order"],
+        # Every reference site with its labels (inside the segment folders above).
+        sites=lambda wc: site_records(reference_sites(wc.plate), labels=True),
+        images=IMAGE_SETTINGS,
         normalization=config["crops"]["normalization"],
         fill=config["crops"]["fill"],
     script:
@@ -33,7 +33,8 @@ rule crops:
     """Fixed-shape 3D crops around every cell of a well, with masks and the cell table."""
     input:
         segments="results/segment/{plate}/{well}",
-        images=well_images,
+        images=lambda wc: site_files(well_sites(wc)),
+        index=lambda wc: site_index(well_sites(wc)),
         # The plate's reference: its percentiles (scope plate) and neutral fill.
         bounds="results/crops/{plate}/normalization.json",
         fill="results/crops/{plate}/fill.npy",
@@ -53,14 +54,12 @@ rule crops:
         mem_mb=2000,
         runtime=30,
     params:
-        sites=lambda wc: [
-            {**row, "labels": site_labels(row["plate"], row["well"], row["site"])}
-            for row in well_sites(wc)[
-                ["plate", "well", "site", "treatment", "concentration", "control"]
-            ].to_dict("records")
-        ],
-        channels=CHANNELS,
-        page_order=config["images"]["page_order"],
+        sites=lambda wc: site_records(well_sites(wc), labels=True),
+        # The well's metadata columns in every cell's row.
+        well=lambda wc: well_sites(wc)[["plate", "well", "treatment", "concentration", "control"]]
+        .iloc[0]
+        .to_dict(),
+        images=IMAGE_SETTINGS,
         settings=config["crops"],
     script:
         "../scripts/crops.py"

@@ -1,7 +1,8 @@
 rule qc_well:
     """Per-site, per-channel intensity, saturation and focus statistics of one well."""
     input:
-        images=well_images,
+        images=lambda wc: site_files(well_sites(wc)),
+        index=lambda wc: site_index(well_sites(wc)),
         # Ground-truth labels, where the sheet has them: checked against their z-stacks here,
         # before any segmentation runs.
         labels=lambda wc: [p for p in well_labels(wc) if p],
@@ -16,10 +17,9 @@ rule qc_well:
         mem_mb=2000,
         runtime=20,
     params:
-        sites=lambda wc: list(well_sites(wc)["site"]),
+        sites=lambda wc: site_records(well_sites(wc)),
         labels=lambda wc: well_labels(wc),
-        channels=CHANNELS,
-        page_order=config["images"]["page_order"],
+        images=IMAGE_SETTINGS,
         saturation_value=config["qc"]["saturation_value"],
     script:
         "../scripts/qc_well.py"

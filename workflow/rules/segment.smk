@@ -47,7 +47,8 @@ segmentation_scores = lambda: SEGMENTATION_SCORES
 rule train_segmentation:
     """Train a Cellpose model on 2D z-planes of the annotated sites (segmentation.model: trained)."""
     input:
-        images=list(SEGMENTATION_TRAINING_SITES["image"]),
+        images=site_files(SEGMENTATION_TRAINING_SITES),
+        index=site_index(SEGMENTATION_TRAINING_SITES),
         labels=list(SEGMENTATION_TRAINING_SITES["labels"]),
     output:
         SEGMENTATION_MODEL,
@@ -61,9 +62,8 @@ rule train_segmentation:
         mem_mb=config["segmentation"]["mem_mb"],
         runtime=config["segmentation"]["train"]["runtime"],
     params:
-        sites=list(SEGMENTATION_TRAINING_SITES["name"]),
-        channels=CHANNELS,
-        page_order=config["images"]["page_order"],
+        sites=site_records(SEGMENTATION_TRAINING_SITES),
+        images=IMAGE_SETTINGS,
         cytoplasm_channel=config["segmentation"]["cytoplasm_channel"],
         nucleus_channel=config["segmentation"]["nucleus_channel"],
         settings=SEGMENTATION_TRAIN_SETTINGS,
@@ -74,7 +74,8 @@ rule train_segmentation:
 rule segment:
     """Cellpose on the cytoplasm + nucleus channels: one ZYX label TIFF per site of the well."""
     input:
-        images=well_images,
+        images=lambda wc: site_files(well_sites(wc)),
+        index=lambda wc: site_index(well_sites(wc)),
         model=SEGMENTATION_MODEL_INPUT,
     output:
         directory("results/segment/{plate}/{well}"),
@@ -88,12 +89,9 @@ rule segment:
         mem_mb=config["segmentation"]["mem_mb"],
         runtime=config["segmentation"]["runtime"],
     params:
-        sites=lambda wc: list(well_sites(wc)["site"]),
-        # Each site's label image, inside the output folder (site_labels: the one naming).
-        labels=lambda wc: [site_labels(wc.plate, wc.well, s) for s in well_sites(wc)["site"]],
-        channels=CHANNELS,
-        page_order=config["images"]["page_order"],
-        voxel_size=config["voxel_size"],
+        # Each site with its label image, inside the output folder (site_labels: the one naming).
+        sites=lambda wc: site_records(well_sites(wc), labels=True),
+        images=IMAGE_SETTINGS,
         settings=SEGMENTATION_SETTINGS,
     script:
         "../scripts/segment.py"

@@ -1,41 +1,41 @@
 """A plate's reference: results/crops/{plate}/normalization.json (bounds) and fill.npy."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 from gradcamo.io import atomic_path
 from gradcamo.logs import log_to
 from gradcamo.normalization import plate_reference
+from gradcamo.readers import ImageSettings, Site, labelled_sites, open_reader
 
 log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 sm = snakemake  # noqa: F821
-channels = list(sm.params.channels)
+images = ImageSettings.from_dict(sm.params.images)
+channels = list(images.channels)
 norm, fill_settings = sm.params.normalization, sm.params.fill
-sites = [tuple(pair) for pair in sm.params.sites]
+records = sm.params.sites
+sites = [Site.from_record(r) for r in records]
 log.info(
     "plate %s: reference (%s) = %d sites: %s",
     sm.wildcards.plate,
     norm["reference"],
     len(sites),
-    ", ".join(Path(image).name for image, _ in sites),
+    ", ".join(f"{s.well}/{s.site}" for s in sites),
 )
 bounds, fill = plate_reference(
-    sites,
-    len(channels),
+    labelled_sites(open_reader(images, sm.input.index), sites, [r["labels"] for r in records]),
     norm["lower_percentile"],
     norm["upper_percentile"],
     norm["scope"],
     norm["sample_voxels"],
     fill_settings["voxels"],
     fill_settings["seed"],
-    sm.params.page_order,
 )
 result = {
     "plate": sm.wildcards.plate,
     "channels": channels,
     **norm,
-    "reference_sites": [image for image, _ in sites],
+    "reference_sites": [f"{s.plate}/{s.well}/{s.site}" for s in sites],
     "n_sites": len(sites),
     "bounds": None if bounds is None else bounds.tolist(),
 }

@@ -5,15 +5,17 @@ from pathlib import Path
 
 import torch
 from gradcamo.devices import choose_device, device_name
-from gradcamo.io import atomic_path, read_zstack, write_labels
+from gradcamo.io import atomic_path, write_labels
 from gradcamo.logs import log_to
+from gradcamo.readers import ImageSettings, Site, open_reader
 from gradcamo.segmentation import load_model, resolve_model, segment_zstack
 
 log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 sm = snakemake  # noqa: F821
 torch.set_num_threads(sm.threads)
 settings = sm.params.settings
-channels = list(sm.params.channels)
+images = ImageSettings.from_dict(sm.params.images)
+channels = list(images.channels)
 nucleus = settings["nucleus_channel"]
 channel_indices = (
     channels.index(settings["cytoplasm_channel"]),
@@ -24,13 +26,15 @@ source = resolve_model(sm.input.model if settings["model"] == "trained" else set
 device = choose_device()
 log.info("segmenting on %s", device_name(device, sm.threads))
 model = load_model(source, device)
-voxel_z, voxel_y, _ = sm.params.voxel_size
+voxel_z, voxel_y, _ = images.voxel_size
+reader = open_reader(images, sm.input.index)
 
 with atomic_path(sm.output[0]) as tmp:
     tmp.mkdir()
-    for site, path, labels_path in zip(sm.params.sites, sm.input.images, sm.params.labels):
+    for record in sm.params.sites:
+        site = Site.from_record(record)
         tic = time.perf_counter()
-        zstack = read_zstack(path, len(channels), sm.params.page_order)
+        zstack = reader.read(site)
         labels = segment_zstack(
             model,
             zstack,
@@ -43,7 +47,11 @@ with atomic_path(sm.output[0]) as tmp:
             min_size=settings["min_size"],
             anisotropy=voxel_z / voxel_y,
         )
-        write_labels(tmp / Path(labels_path).relative_to(sm.output[0]), labels)
+        write_labels(tmp / Path(record["labels"]).relative_to(sm.output[0]), labels)
         log.info(
-            "site %s: %d cells, ZCYX %s, %.1f s", site, labels.max(), zstack.shape, time.perf_counter() - tic
+            "site %s: %d cells, ZCYX %s, %.1f s",
+            site.site,
+            labels.max(),
+            zstack.shape,
+            time.perf_counter() - tic,
         )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -31,8 +30,9 @@ import pandas as pd
 from skimage.measure import regionprops_table
 
 from gradcamo.context import context_seeds, replace_context
-from gradcamo.io import atomic_path, read_labels, read_zstack
+from gradcamo.io import atomic_path
 from gradcamo.normalization import normalize, percentile_bounds
+from gradcamo.sites import SiteSource
 from gradcamo.store import MASK_BACKGROUND, MASK_CELL, MASK_OTHER, CropStoreWriter
 
 log = logging.getLogger(__name__)
@@ -247,15 +247,6 @@ def crop_cells(
 # -------------------------------------------------------------------------- file level
 
 
-@dataclass(frozen=True)
-class SiteFiles:
-    """One site of a well: its number, z-stack (ZCYX) and label image (ZYX)."""
-
-    site: int
-    image: str
-    labels: str
-
-
 def _metadata_frame(metadata: Mapping, site: int, n: int) -> pd.DataFrame:
     """The well-level ``Metadata_*`` columns for ``n`` cells of one site."""
     concentration = metadata.get("concentration")
@@ -275,7 +266,7 @@ def _metadata_frame(metadata: Mapping, site: int, n: int) -> pd.DataFrame:
 
 
 def well_cell_table(
-    sites: Sequence[SiteFiles],
+    sites: Sequence[SiteSource],
     metadata: Mapping,
     crop_shape: Sequence[int],
     filters: Mapping | None = None,
@@ -290,7 +281,7 @@ def well_cell_table(
     filters = dict(filters or {})
     tables, totals = [], {}
     for site in sites:
-        labels = read_labels(site.labels)
+        labels = site.labels()
         geometry, counts = filter_cells(
             cell_table(labels, crop_shape),
             min_volume=filters.get("min_volume") or 0,
@@ -307,7 +298,7 @@ def well_cell_table(
 
 def write_well_store(
     out_dir: str | os.PathLike,
-    sites: Sequence[SiteFiles],
+    sites: Sequence[SiteSource],
     metadata: Mapping,
     channels: Sequence[str],
     crop_shape: Sequence[int],
@@ -319,14 +310,13 @@ def write_well_store(
     context_fill: np.ndarray | None = None,
     cell_margin: int = 0,
     seed: int = 0,
-    page_order: str | None = None,
 ) -> dict:
     """Write one well's crop store (:class:`gradcamo.store.CropStore` format) atomically.
 
     Parameters
     ----------
     out_dir: the store folder; replaced only when the whole store is written.
-    sites: the well's sites in order.
+    sites: the well's sites in order (each read once per pass, one at a time).
     metadata: the well's ``plate``, ``well``, ``treatment`` (+ ``concentration``, ``control``).
     channels: channel names (C).
     crop_shape: ``(Z, Y, X)``.
@@ -337,7 +327,6 @@ def write_well_store(
     filters: ``min_volume``, ``max_volume``, ``drop_border``.
     context: ``"full"`` (the crop as imaged) or ``"cell"`` (everything outside the cell of
         interest replaced by ``context_fill``, see :func:`crop_cells`).
-    page_order: of untagged multi-page TIFFs (:func:`gradcamo.io.read_zstack`).
 
     Returns
     -------
@@ -345,8 +334,9 @@ def write_well_store(
 
     Raises
     ------
-    InputError: a corrupt or missing TIFF, a z-stack with the wrong number of channels, a
-        label image whose shape differs from its z-stack's; nothing is left at ``out_dir``.
+    InputError: whatever the sites' readers raise (a corrupt or missing file, a missing
+        channel), a label image whose shape differs from its z-stack's; nothing is left at
+        ``out_dir``.
     ValueError: arguments that contradict each other (scope "plate" without bounds, context
         "cell" without a fill).
     """
@@ -380,14 +370,13 @@ def write_well_store(
     with atomic_path(out_dir) as tmp:
         writer = CropStoreWriter(tmp, len(table), channels, crop_shape, record)
         for site in sites:
-            zstack = read_zstack(site.image, len(channels), page_order)
-            labels = read_labels(site.labels, shape=(zstack.shape[0], *zstack.shape[2:]))
+            zstack, labels = site.arrays()
             for axis, size, extent in zip(AXES, crop_shape, labels.shape):
                 if size > extent:
                     log.warning(
                         "%s: the crop's %s size %d exceeds the z-stack's %d: every crop is at "
                         "least %.0f %% padding along %s",
-                        site.image,
+                        site.name,
                         axis,
                         size,
                         extent,

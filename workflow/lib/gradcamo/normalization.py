@@ -23,13 +23,12 @@ Axes: z-stacks ``(Z, C, Y, X)``, crops ``(..., C, Z, Y, X)``, bounds ``(C, 2)``.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 
 from gradcamo.context import background_voxels
-from gradcamo.io import read_labels, read_zstack
+from gradcamo.sites import SiteSource
 
 SCOPES = ("site", "plate")
 REFERENCES = ("controls", "all")
@@ -80,28 +79,25 @@ def normalize_voxels(voxels: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 
 def plate_reference(
-    sites: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
-    n_channels: int,
+    sites: Sequence[SiteSource],
     lower: float,
     upper: float,
     scope: str,
     sample_voxels_per_channel: int,
     fill_voxels: int,
     seed: int,
-    page_order: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """A plate's normalisation bounds and neutral fill, from its reference sites.
 
     Parameters
     ----------
-    sites: ``(z-stack path, label image path)`` of every reference site of the plate.
+    sites: every reference site of the plate.
     scope: ``"plate"`` (one set of bounds from all reference sites) or ``"site"`` (no plate
         bounds; each site's fill voxels normalised by that site's own bounds).
     sample_voxels_per_channel: voxels per channel the plate's percentiles are estimated
         from, an equal strided share per site.
     fill_voxels: background voxels in the fill, an equal random share per site.
     seed: of the fill's draw.
-    page_order: of untagged multi-page TIFFs (:func:`gradcamo.io.read_zstack`).
 
     Returns
     -------
@@ -116,9 +112,8 @@ def plate_reference(
     per_site = max(1, sample_voxels_per_channel // len(sites))
     fill_per_site = max(1, fill_voxels // len(sites))
     samples, raw_fill, fill = [], [], []
-    for image, labels_path in sites:
-        zstack = read_zstack(image, n_channels, page_order)
-        labels = read_labels(labels_path, shape=(zstack.shape[0], *zstack.shape[2:]))
+    for site in sites:
+        zstack, labels = site.arrays()
         voxels = background_voxels(zstack, labels, fill_per_site, rng)
         if scope == "plate":  # normalised below, once the plate's bounds are known
             samples.append(sample_voxels(zstack, per_site))

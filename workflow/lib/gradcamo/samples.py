@@ -1,9 +1,11 @@
 """The sample sheet and the configuration: reading and the checks a JSON schema cannot express.
 
 The sheet has one row per field of view (site): ``plate, well, site, image, treatment`` and
-optionally ``concentration``, ``control`` and ``labels`` (a ground-truth label image).
-Relative ``image``/``labels`` paths are resolved against the sheet's own folder, so a
-dataset folder with its sheet can be moved as a whole.
+optionally ``concentration``, ``control`` and ``labels`` (a ground-truth label image). What
+``image`` names depends on ``images.layout`` (a z-stack file, an export's index or folder, an
+OME-Zarr plate); layout ``channel_files`` has one column ``image_<channel>`` per channel
+instead. Relative paths are resolved against the sheet's own folder, so a dataset folder
+with its sheet can be moved as a whole.
 
 Every error is an :class:`~gradcamo.errors.InputError` naming the file, the line of the
 sheet (line 1 is the header) and the field, or the configuration key.
@@ -13,16 +15,19 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
 from gradcamo.errors import InputError
+from gradcamo.readers.pattern import compile_pattern
+from gradcamo.wells import canonical_well
 
-REQUIRED_COLUMNS = ("plate", "well", "site", "image", "treatment")
-OPTIONAL_COLUMNS = ("concentration", "control", "labels")
+REQUIRED_COLUMNS = ("plate", "well", "site", "treatment")
+OPTIONAL_COLUMNS = ("image", "concentration", "control", "labels")
+#: Prefix of the per-channel image columns (layout ``channel_files``).
+CHANNEL_IMAGE_PREFIX = "image_"
 _TRUE = {"true", "yes", "1", "t", "y"}
 _FALSE = {"false", "no", "0", "f", "n", ""}
 
@@ -34,23 +39,13 @@ def _row_name(sheet: str | os.PathLike, df: pd.DataFrame, i: int) -> str:
     return f"{sheet} line {i + 2} ({where}, site {row.get('site', '?')})"
 
 
-_WELL = re.compile(r"^([A-Za-z]{1,2})0*([0-9]{1,2})$")
-
-
-def canonical_well(name: str) -> str:
-    """One spelling per well: row letters upper-case, column zero-padded to two digits
-    (``b4``, ``B4`` and ``B004`` are ``B04``; ``AA1`` is ``AA01``). Names that are not
-    row-and-column positions are kept as they are."""
-    match = _WELL.match(name)
-    return f"{match.group(1).upper()}{int(match.group(2)):02d}" if match else name
-
-
 def read_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
     """Read the sheet (TSV) with typed columns and absolute ``image``/``labels`` paths.
 
-    Returns a DataFrame with ``plate, well, treatment, image`` (str), ``site`` (int),
-    ``concentration`` (float, NaN if absent), ``control`` (bool; defaults to False),
-    ``labels`` (str or None), in sheet order, plus ``line`` (the sheet's line number).
+    Returns a DataFrame with ``plate, well, treatment`` (str), ``site`` (int), ``image``
+    (str or None), ``concentration`` (float, NaN if absent), ``control`` (bool; defaults to
+    False), ``labels`` (str or None), any ``image_<channel>`` columns (str or None), in sheet
+    order, plus ``line`` (the sheet's line number).
     """
     path = Path(path)
     if not path.is_file():
@@ -63,7 +58,13 @@ def read_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)} (header: {list(df.columns)})")
-    unknown = [c for c in df.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    channel_columns = [c for c in df.columns if c.startswith(CHANNEL_IMAGE_PREFIX)]
+    if "image" not in df.columns and not channel_columns:
+        raise InputError(
+            f"{path}: missing column 'image' (or, for layout channel_files, one 'image_<channel>' "
+            f"column per channel) (header: {list(df.columns)})"
+        )
+    unknown = [c for c in df.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + tuple(channel_columns)]
     if unknown:
         hints = {c: difflib.get_close_matches(c, REQUIRED_COLUMNS + OPTIONAL_COLUMNS, 1) for c in unknown}
         msg = ", ".join(f"{c!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for c, h in hints.items())
@@ -118,20 +119,23 @@ def read_sample_sheet(path: str | os.PathLike) -> pd.DataFrame:
     else:
         out["control"] = False
     base = path.parent
-    out["image"] = [str((base / p).resolve()) if p else p for p in df["image"]]
-    if "labels" in df:
-        out["labels"] = [str((base / p).resolve()) if p else None for p in df["labels"]]
-    else:
-        out["labels"] = None
+    for col in ("image", "labels", *channel_columns):
+        values = df[col] if col in df else [""] * len(df)
+        out[col] = [str((base / p).resolve()) if p else None for p in values]
     out["line"] = range(2, len(df) + 2)
-    return out[["plate", "well", "site", "image", "treatment", "concentration", "control", "labels", "line"]]
+    return out[
+        ["plate", "well", "site", "image", "treatment", "concentration", "control", "labels"]
+        + channel_columns
+        + ["line"]
+    ]
 
 
 def check_sample_sheet(samples: pd.DataFrame, sheet: str | os.PathLike) -> None:
     """Semantic checks on a read sheet; raises :class:`InputError` on the first problem.
 
     - no duplicate (plate, well, site);
-    - every image (and labels file, when given) exists;
+    - every image (a file, or a folder: an export's, a ``.zarr`` plate), per-channel image
+      and labels file, when given, exists;
     - all sites of a well share one treatment;
     - at least two treatments.
     """
@@ -146,11 +150,17 @@ def check_sample_sheet(samples: pd.DataFrame, sheet: str | os.PathLike) -> None:
             f"{sheet} line {samples.at[i, 'line']}: duplicate row for plate {samples.at[i, 'plate']}, "
             f"well {samples.at[i, 'well']}, site {samples.at[i, 'site']} (first at line {first['line']})"
         )
-    for col in ("image", "labels"):
-        for _, row in samples.iterrows():
-            p = row[col]
-            if p is not None and not Path(p).is_file():
-                raise InputError(f"{sheet} line {row['line']}: field {col!r}: file {p} does not exist")
+    channel_columns = [c for c in samples.columns if c.startswith(CHANNEL_IMAGE_PREFIX)]
+    for col in ("image", "labels", *channel_columns):
+        # An export's images share one index or folder: each distinct path is checked once.
+        checked = {}
+        for line, p in zip(samples["line"], samples[col]):
+            if p is None:
+                continue
+            if p not in checked:
+                checked[p] = Path(p).is_file() or (col == "image" and Path(p).is_dir())
+            if not checked[p]:
+                raise InputError(f"{sheet} line {line}: field {col!r}: {p} does not exist")
     per_well = samples.groupby(["plate", "well"], sort=False)["treatment"].unique()
     for (plate, well), treatments in per_well.items():
         if len(treatments) > 1:
@@ -279,21 +289,73 @@ def check_config(config: Mapping[str, Any], samples: pd.DataFrame) -> None:
                     f"{plate!r} has no control well (no 'control' row and no "
                     f"{control!r} treatment): add control wells, or set the key to 'all'"
                 )
-    if seg["model"] == "trained":
-        sites = seg["train"]["sites"]
-        if not sites:
+    sites = seg["train"]["sites"]
+    if seg["model"] == "trained" and not sites:
+        raise InputError(
+            "config key 'segmentation.model' is 'trained' but 'segmentation.train.sites' is empty: "
+            "name the annotated sites (plate/well/site) to train on"
+        )
+    # Checked whatever the model: a site left here after switching to a built-in model would
+    # otherwise reach the train_segmentation rule as an input that is not a file.
+    index = {f"{r.plate}/{r.well}/{r.site}": r for r in samples.itertuples()}
+    for site in sites:
+        if site not in index:
             raise InputError(
-                "config key 'segmentation.model' is 'trained' but 'segmentation.train.sites' is empty: "
-                "name the annotated sites (plate/well/site) to train on"
+                f"config key 'segmentation.train.sites': site {site!r} is not in the sample sheet"
             )
-        index = {f"{r.plate}/{r.well}/{r.site}": r for r in samples.itertuples()}
-        for site in sites:
-            if site not in index:
-                raise InputError(
-                    f"config key 'segmentation.train.sites': site {site!r} is not in the sample sheet"
+        if not isinstance(index[site].labels, str):
+            raise InputError(
+                f"config key 'segmentation.train.sites': site {site!r} (sheet line "
+                f"{index[site].line}) has no 'labels' (ground-truth label image)"
+                + (
+                    ""
+                    if seg["model"] == "trained"
+                    else f"; segmentation.model is {seg['model']!r}: empty the list"
                 )
-            if index[site].labels is None:
+            )
+    check_image_columns(config, samples)
+
+
+def check_image_columns(config: Mapping[str, Any], samples: pd.DataFrame) -> None:
+    """The sheet's image columns against ``images.layout``: ``image_<channel>`` for every
+    configured channel (layout ``channel_files``, and no other image column), or ``image``
+    on every row (every other layout); ``images.channel_names`` keys are configured channels;
+    layout ``pattern`` has its glob and regex."""
+    channels = list(config["channels"])
+    images = config["images"]
+    layout = images["layout"]
+    columns = [c for c in samples.columns if c.startswith(CHANNEL_IMAGE_PREFIX)]
+    for key in images["channel_names"]:
+        if key not in channels:
+            hint = difflib.get_close_matches(key, channels, 1)
+            raise InputError(
+                f"config key 'images.channel_names.{key}': {key!r} is not in 'channels' "
+                f"({', '.join(channels)})" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            )
+    if layout == "channel_files":
+        for col in columns:
+            if col[len(CHANNEL_IMAGE_PREFIX) :] not in channels:
                 raise InputError(
-                    f"config key 'segmentation.train.sites': site {site!r} (sheet line "
-                    f"{index[site].line}) has no 'labels' (ground-truth label image)"
+                    f"sample sheet column {col!r} names no configured channel ({', '.join(channels)})"
                 )
+        for channel in channels:
+            col = CHANNEL_IMAGE_PREFIX + channel
+            if col not in samples.columns:
+                raise InputError(
+                    f"config key 'images.layout' is 'channel_files', but the sample sheet has no "
+                    f"column {col!r} (one ZYX file per channel per field)"
+                )
+            empty = samples.loc[samples[col].isna(), "line"]
+            if len(empty):
+                raise InputError(f"sample sheet line {empty.iloc[0]}: field {col!r} is empty")
+        return
+    if columns:
+        raise InputError(
+            f"sample sheet column(s) {columns} are for config key 'images.layout: channel_files'; "
+            f"the layout is {layout!r}, which reads the column 'image'"
+        )
+    empty = samples.loc[samples["image"].isna(), "line"]
+    if len(empty):
+        raise InputError(f"sample sheet line {empty.iloc[0]}: field 'image' is empty (layout {layout!r})")
+    if layout == "pattern":
+        compile_pattern(images["pattern"])
