@@ -227,8 +227,10 @@ def read_zstack(path: str | os.PathLike, settings: ImageSettings, where: str | N
     stack = read_tiff_stack(path, len(settings.channels), settings.page_order)
     order = channel_order(stack.channel_names, settings, where)
     check_voxel_size(stack.voxel_size, settings, where)
+    if order is not None and order != list(range(stack.data.shape[1])):
+        return stack.data[:, order]  # a copy; in the file's order the data is returned as read
     if order is not None:
-        return stack.data[:, order]
+        return stack.data
     if stack.data.shape[1] != len(settings.channels):
         raise InputError(
             f"{where}: has {stack.data.shape[1]} channels, the configuration lists "
