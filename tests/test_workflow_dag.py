@@ -203,7 +203,7 @@ def test_a_per_plane_export_is_indexed_once_per_plate(tmp_path):
     proc = run_snakemake(project, "-n", "--quiet", "rules")
     counts = _job_counts(proc.stdout)
     assert counts["index_images"] == 2 and counts["segment"] == N_WELLS and "train_segmentation" not in counts
-    detail = run_snakemake(project, "-n", "-r", "results/crops/P1/B02/store.json").stdout
+    detail = run_snakemake(project, "-n", "results/crops/P1/B02/store.json").stdout
     assert "results/images/P1.parquet" in detail and ".tiff" not in detail
     # A channel name the export does not have is named when the plate is indexed.
     (project / "config/config.yaml").write_text(

@@ -116,6 +116,11 @@ def labelled_sites(reader: SiteReader, sites: Sequence[Site], labels: Sequence[s
     """Each site with its label image file, for the array-level stages (:class:`SiteSource`):
     nothing is read until a stage asks for the site."""
     return [
-        SiteSource(site.site, f"{site.name} ({path})", partial(reader.read, site), partial(read_labels, path))
+        SiteSource(
+            site.site,
+            f"{site.name} (image {site.image or site.channel_images}, labels {path})",
+            partial(reader.read, site),
+            partial(read_labels, path),
+        )
         for site, path in zip(sites, labels, strict=True)
     ]
