@@ -59,7 +59,7 @@ validate: setup
 
 lint: setup
 	$(BIN)/snakemake --lint --directory .test
-	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakefmt --check workflow/Snakefile workflow/rules
 	$(BIN)/ruff check workflow bench tests
 	$(BIN)/ruff format --check workflow bench tests
 

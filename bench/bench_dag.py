@@ -69,7 +69,7 @@ def dry_run(folder: Path) -> tuple[float, float, int]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     proc = subprocess.run(
-        [SNAKEMAKE, "-n", "-s", str(REPO / "Snakefile"), "-d", str(folder), "--quiet", "rules"],
+        [SNAKEMAKE, "-n", "-s", str(REPO / "workflow" / "Snakefile"), "-d", str(folder), "--quiet", "rules"],
         capture_output=True,
         text=True,
     )

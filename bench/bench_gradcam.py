@@ -10,7 +10,7 @@ data so activations have realistic magnitudes), the same batch and the same devi
                    neutral fill on the CPU, and one eval forward of each)
   ixg, ixg+audit   the same with input x gradient: the backward runs through the whole
                    network, down to the input
-  ig, ig+audit     the same with integrated gradients (profile.cam_method's default) at 8
+  ig, ig+audit     the same with integrated gradients (profile.attribution_method's default) at 8
                    steps (profile.ig_steps): 8 forwards and backwards to the input
   ig/smoothed      ig with its map smoothed (profile.smoothing_sigma 1 at the mini voxel
                    size): what the smoothing costs

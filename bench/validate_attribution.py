@@ -83,7 +83,7 @@ def crops_and_split(workdir: Path, wells: pd.DataFrame, cores: int) -> None:
         SNAKEMAKE,
         *targets,
         "-s",
-        str(REPO / "Snakefile"),
+        str(REPO / "workflow" / "Snakefile"),
         "-d",
         str(workdir),
         "--cores",

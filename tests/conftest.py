@@ -91,7 +91,7 @@ def pytest_collection_finish(session):
 
 def snakemake_command(workdir: Path, *args: str) -> list[str]:
     """The command line that runs the repository's workflow in ``workdir``."""
-    return [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    return [SNAKEMAKE, "-s", str(REPO / "workflow" / "Snakefile"), "-d", str(workdir), *args]
 
 
 def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800):

@@ -70,7 +70,7 @@ def well_table(plate, well, treatment, split, n_cells, rng, effect) -> pd.DataFr
 
 
 def write_profiles(root: Path, seed: int = 0, wells=WELLS, crops: bool = False) -> list[Path]:
-    """Write ``root/results/profiles/{plate}/{well}.parquet`` (+ ``.cams.npy`` and crop stores
+    """Write ``root/results/profiles/{plate}/{well}.parquet`` (+ ``.attributions.npy`` and crop stores
     ``root/results/crops/{plate}/{well}/`` when ``crops``); returns the table paths."""
     rng = np.random.default_rng(seed)
     effect = np.zeros(N_FEATURES)
@@ -85,7 +85,7 @@ def write_profiles(root: Path, seed: int = 0, wells=WELLS, crops: bool = False) 
         if crops:
             write_crops(root / "results" / "crops" / plate / well, table, rng)
             cams = rng.random((n, *CROP)).astype(np.float16)
-            np.save(path.with_name(f"{well}.cams.npy"), cams)
+            np.save(path.with_name(f"{well}.attributions.npy"), cams)
     return paths
 
 

@@ -133,7 +133,7 @@ def test_cam_gallery_reads_crops_and_cams(project, tmp_path):
         (p, w): root / "results" / "crops" / p / w
         for p, w in cells[["Metadata_Plate", "Metadata_Well"]].drop_duplicates().itertuples(index=False)
     }
-    cams = {key: root / "results" / "profiles" / key[0] / f"{key[1]}.cams.npy" for key in stores}
+    cams = {key: root / "results" / "profiles" / key[0] / f"{key[1]}.attributions.npy" for key in stores}
     lowest = figures.read_gallery_cells(cells.iloc[low], stores, cams)
     highest = figures.read_gallery_cells(cells.iloc[high], stores, None)
     assert lowest[0].image.shape == (len(CHANNELS), *CROP) and lowest[0].cam.shape == CROP

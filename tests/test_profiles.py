@@ -92,8 +92,8 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
         "Metadata_Predicted",
         "Metadata_Probability",
         "Metadata_GradCAMO",
-        "Metadata_GradCAM_NeighbourShare",
-        "Metadata_GradCAM_BackgroundShare",
+        "Metadata_Attribution_NeighbourShare",
+        "Metadata_Attribution_BackgroundShare",
         "Metadata_GradCAMO_Uniform",
         "Metadata_GradCAMO_Shuffled",
         "Metadata_CellReliance",
@@ -128,7 +128,7 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
     assert (shares[scored] >= 0).all()
     neighbours = region_share(cams.astype(np.float32), np.asarray(store.masks), 2)
     np.testing.assert_allclose(
-        table["Metadata_GradCAM_NeighbourShare"], neighbours, rtol=1e-3, atol=1e-6, equal_nan=True
+        table["Metadata_Attribution_NeighbourShare"], neighbours, rtol=1e-3, atol=1e-6, equal_nan=True
     )
     # The uniform-map baseline is the cell's share of the crop's voxels.
     masks = np.asarray(store.masks)

@@ -194,7 +194,7 @@ def _train_epochs(project: Path, epochs: int) -> None:
     config = yaml.safe_load(config_path.read_text())
     config["train"]["epochs"] = epochs
     config["train"]["patience"] = epochs
-    config["train"]["threads"] = 1  # see the test's docstring
+    config.setdefault("resources", {}).setdefault("train", {})["threads"] = 1  # see the docstring
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.rmtree(project / "results" / "train", ignore_errors=True)
 

@@ -19,6 +19,7 @@ EXPECTED_JOBS = {
     "segment": N_WELLS,
     "score_segmentation": 1,
     "segmentation_qc": 2,
+    "mask_review": 2,
     "crop_normalization": 2,
     "crops": N_WELLS,
     "split": 1,
@@ -99,7 +100,7 @@ def test_lint_is_clean():
 @pytest.mark.parametrize(
     "command",
     [
-        ["snakefmt", "--check", "Snakefile", "workflow/rules"],
+        ["snakefmt", "--check", "workflow/Snakefile", "workflow/rules"],
         ["ruff", "check", "workflow", "bench", "tests"],
         ["ruff", "format", "--check", "workflow", "bench", "tests"],
     ],
@@ -140,7 +141,7 @@ def test_context_cell_and_other_maps_form_the_same_dag(tmp_path):
         mini_sheet_rows(),
         {
             "crops.context": "cell",
-            "profile.cam_method": "layercam",
+            "profile.attribution_method": "layercam",
             "profile.target_resolution": 8,
         },
     )

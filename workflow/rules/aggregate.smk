@@ -16,7 +16,7 @@ FIGURES = {
     "map": "results/figures/map.png",
     "histogram": "results/figures/gradcamo_histogram.png",
     "by_treatment": "results/figures/gradcamo_by_treatment.png",
-    "gallery": "results/figures/gradcam_gallery.png",
+    "gallery": "results/figures/attribution_gallery.png",
     "training_curves": "results/figures/training_curves.png",
     "audit": "results/figures/audit.png",
 }
@@ -30,10 +30,10 @@ AGGREGATE_PARAMS = dict(
     gradcamo_threshold=config["aggregate"]["gradcamo_threshold"],
     sphering_epsilon=config["aggregate"]["sphering_epsilon"],
     sphering_method=config["aggregate"]["sphering_method"],
-    cam_method=config["profile"]["cam_method"],
+    attribution_method=config["profile"]["attribution_method"],
     attribution={
         k: config["profile"][k]
-        for k in ("cam_method", "ig_steps", "smoothing_sigma", "target_layer", "target_resolution")
+        for k in ("attribution_method", "ig_steps", "smoothing_sigma", "target_layer", "target_resolution")
     },
 )
 
@@ -70,11 +70,12 @@ rule aggregate:
     log:
         "logs/aggregate.log",
     conda:
-        "../../envs/analysis.yaml"
-    threads: 2
+        "../envs/analysis.yaml"
+    threads: RESOURCES["aggregate"]["threads"]
     resources:
-        mem_mb=lambda wildcards, input: max(4000, int(8 * input.size_mb)),
-        runtime=120,
+        # At least resources.aggregate.mem_mb, and 8x the profiles it reads.
+        mem_mb=lambda wildcards, input: max(RESOURCES["aggregate"]["mem_mb"], int(8 * input.size_mb)),
+        runtime=RESOURCES["aggregate"]["runtime"],
     params:
         **AGGREGATE_PARAMS,
         map_max_cells_per_treatment=config["aggregate"]["map"]["max_cells_per_treatment"],
@@ -88,8 +89,8 @@ rule figures:
     """UMAPs, Grad-CAMO distributions, the Grad-CAM gallery, training curves and mAP."""
     input:
         **(
-            {"cams": expand_wells("results/profiles/{plate}/{well}.cams.npy")}
-            if config["profile"]["save_cams"]
+            {"attributions": expand_wells("results/profiles/{plate}/{well}.attributions.npy")}
+            if config["profile"]["save_attributions"]
             else {}
         ),
         cells=AGGREGATE_TABLES["cells"],
@@ -129,7 +130,7 @@ rule figures:
         ),
         gallery=report(
             FIGURES["gallery"],
-            caption="../report/gradcam_gallery.rst",
+            caption="../report/attribution_gallery.rst",
             category="Grad-CAMO",
         ),
         training_curves=report(
@@ -145,23 +146,23 @@ rule figures:
     log:
         "logs/figures.log",
     conda:
-        "../../envs/analysis.yaml"
-    threads: 2
+        "../envs/analysis.yaml"
+    threads: RESOURCES["figures"]["threads"]
     resources:
-        # Crops and Grad-CAMs are memory-mapped (a few cells read): only the single-cell
+        # Crops and attribution maps are memory-mapped (a few cells read): only the single-cell
         # table counts (its size is unknown before it exists, e.g. in a dry run).
         mem_mb=lambda wildcards, input: max(
-            4000,
+            RESOURCES["figures"]["mem_mb"],
             int(6e-6 * os.path.getsize(input.cells)) if os.path.exists(input.cells) else 0,
         ),
-        runtime=120,
+        runtime=RESOURCES["figures"]["runtime"],
     params:
         **AGGREGATE_PARAMS,
         umap=config["aggregate"]["umap"],
         umap_max_cells=config["aggregate"]["umap"]["max_cells"],
         umap_pca_components=config["aggregate"]["umap"]["pca_components"],
         gallery_cells=config["aggregate"]["gallery_cells"],
-        # The order of the per-well inputs crop_stores, crop_images, crop_masks and cams.
+        # The order of the per-well inputs crop_stores, crop_images, crop_masks and attributions.
         wells=WELLS[["plate", "well"]].to_dict("records"),
         channels=CHANNELS,
     script:

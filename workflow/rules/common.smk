@@ -1,8 +1,11 @@
 """Validation of config and sample sheet at parse time, and the input functions of all rules."""
 
+import hashlib
 import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -12,9 +15,36 @@ from snakemake.utils import validate
 
 AGGREGATE_SUMMARY = "results/aggregate/summary.json"
 
-# The library lives beside the rules; jobs (scripts, conda envs, cluster nodes) find it
+
+# The library and the schemas live beside the rules in the workflow's source. From a clone
+# they are read where they lie. Used as a module from a git source (a tag on GitHub, a local
+# git repository), a module's files reach Snakemake one at a time through its source cache,
+# not as a folder: the library (listed in lib/MANIFEST) and the schemas are copied out of the
+# source once per source and version into .snakemake/gradcamo/ (in the working directory,
+# which cluster jobs share). Jobs (scripts, conda envs, cluster nodes) find the library
 # through PYTHONPATH, the Snakefile itself through sys.path.
-LIB_DIR = str(Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "lib")
+def _workflow_library():
+    rules = workflow.current_basedir.get_path_or_uri(secret_free=True)
+    if os.path.isdir(rules):
+        return str(Path(rules).parent / "lib")
+    target = Path(".snakemake/gradcamo") / hashlib.sha1(rules.encode()).hexdigest()[:16]
+    if not (target / "lib").is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=target.parent))
+        files = Path(workflow.source_path("../lib/MANIFEST")).read_text().split()
+        files = [f"lib/{name}" for name in files]
+        files += ["schemas/config.schema.yaml", "schemas/samples.schema.yaml"]
+        for name in files:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(workflow.source_path(f"../{name}"), tmp / name)
+        try:
+            tmp.rename(target)  # atomic: a job parsing at the same time sees all or nothing
+        except OSError:  # another process (a job) finished the same copy first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str((target / "lib").absolute())
+
+
+LIB_DIR = _workflow_library()
 sys.path.insert(0, LIB_DIR)
 # (update() sets the variable for the jobs; the workflow requires none from the user.)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (LIB_DIR, os.getenv("PYTHONPATH")) if p))
@@ -27,6 +57,7 @@ for var, default in (
 ):
     os.environ.setdefault(var, str(Path(default).absolute()))
 
+from gradcamo.config import check_renamed_keys
 from gradcamo.errors import InputError
 from gradcamo.readers import PLANE_LAYOUTS, ImageSettings
 from gradcamo.samples import (
@@ -61,12 +92,11 @@ def _schema_error(exc, what, is_config=False):
 
 
 # Nested --config values arrive as strings ("2" for 2): read them as the schema's types.
-with open(
-    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "schemas" / "config.schema.yaml"
-) as _f:
+with open(workflow.source_path("../schemas/config.schema.yaml")) as _f:
     _CONFIG_SCHEMA = yaml.safe_load(_f)
 config.update(coerce_to_schema(dict(config), _CONFIG_SCHEMA))
 
+check_renamed_keys(config)
 try:
     validate(config, "../schemas/config.schema.yaml")
 except WorkflowError as exc:
@@ -85,6 +115,15 @@ check_sample_sheet(SAMPLES, SAMPLE_SHEET)
 check_config(config, SAMPLES)
 
 CHANNELS = list(config["channels"])
+RESOURCES = config["resources"]
+
+
+def job_resources(rule_name):
+    """A rule's memory, runtime and GPUs from config key ``resources.<rule>`` (its threads:
+    ``RESOURCES[rule]["threads"]``); never in params, so changing them reruns nothing."""
+    return {k: v for k, v in RESOURCES[rule_name].items() if k != "threads"}
+
+
 # How every job reads a site (gradcamo.readers): the layout and what it needs, as params.
 IMAGE_SETTINGS = ImageSettings.from_config(config).as_dict()
 # Per-plane layouts are listed once per plate (rule index_images); jobs read their index.

@@ -14,11 +14,10 @@ rule crop_normalization:
     log:
         "logs/crop_normalization/{plate}.log",
     conda:
-        "../../envs/segmentation.yaml"
-    threads: 1
+        "../envs/segmentation.yaml"
+    threads: RESOURCES["crop_normalization"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **job_resources("crop_normalization"),
     params:
         # Every reference site with its labels (inside the segment folders above).
         sites=lambda wc: site_records(reference_sites(wc.plate), labels=True),
@@ -48,11 +47,10 @@ rule crops:
     log:
         "logs/crops/{plate}/{well}.log",
     conda:
-        "../../envs/segmentation.yaml"
-    threads: 1
+        "../envs/segmentation.yaml"
+    threads: RESOURCES["crops"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **job_resources("crops"),
     params:
         sites=lambda wc: site_records(well_sites(wc), labels=True),
         # The well's metadata columns in every cell's row.

@@ -15,11 +15,10 @@ rule index_images:
     log:
         "logs/index_images/{plate}.log",
     conda:
-        "../../envs/segmentation.yaml"
-    threads: 1
+        "../envs/segmentation.yaml"
+    threads: RESOURCES["index_images"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **job_resources("index_images"),
     params:
         sites=lambda wc: site_records(SAMPLES[SAMPLES.plate == wc.plate]),
         images=IMAGE_SETTINGS,

@@ -10,19 +10,21 @@ rule profile:
         # The plate's neutral fill: the counterfactual audit's, and integrated gradients' baseline.
         fill="results/crops/{plate}/fill.npy",
     output:
-        **({"cams": "results/profiles/{plate}/{well}.cams.npy"} if config["profile"]["save_cams"] else {}),
+        **(
+            {"attributions": "results/profiles/{plate}/{well}.attributions.npy"}
+            if config["profile"]["save_attributions"]
+            else {}
+        ),
         table="results/profiles/{plate}/{well}.parquet",
     log:
         "logs/profile/{plate}/{well}.log",
     conda:
-        "../../envs/torch.yaml"
-    threads: config["profile"]["threads"]
+        "../envs/torch.yaml"
+    threads: RESOURCES["profile"]["threads"]
     resources:
-        gpu=config["profile"]["gpu"],
-        mem_mb=config["profile"]["mem_mb"],
-        runtime=config["profile"]["runtime"],
+        **job_resources("profile"),
     params:
-        cam_method=config["profile"]["cam_method"],
+        attribution_method=config["profile"]["attribution_method"],
         ig_steps=config["profile"]["ig_steps"],
         smoothing_sigma=config["profile"]["smoothing_sigma"],
         voxel_size=config["voxel_size"],

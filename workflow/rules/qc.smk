@@ -11,11 +11,10 @@ rule qc_well:
     log:
         "logs/qc_well/{plate}/{well}.log",
     conda:
-        "../../envs/analysis.yaml"
-    threads: 1
+        "../envs/analysis.yaml"
+    threads: RESOURCES["qc_well"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=20,
+        **job_resources("qc_well"),
     params:
         sites=lambda wc: site_records(well_sites(wc)),
         labels=lambda wc: well_labels(wc),
@@ -38,11 +37,10 @@ rule qc_plate:
     log:
         "logs/qc_plate/{plate}.log",
     conda:
-        "../../envs/analysis.yaml"
-    threads: 1
+        "../envs/analysis.yaml"
+    threads: RESOURCES["qc_plate"]["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **job_resources("qc_plate"),
     script:
         "../scripts/qc_plate.py"
 
@@ -62,11 +60,10 @@ rule channel_correlation:
     log:
         "logs/channel_correlation/{plate}.log",
     conda:
-        "../../envs/analysis.yaml"
-    threads: 1
+        "../envs/analysis.yaml"
+    threads: RESOURCES["channel_correlation"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("channel_correlation"),
     params:
         channels=CHANNELS,
     script:

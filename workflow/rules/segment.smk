@@ -10,8 +10,9 @@ SEGMENTATION_MODEL_INPUT = (
     else [config["segmentation"]["model"]] if os.path.isfile(config["segmentation"]["model"]) else []
 )
 
-# The settings that shape the labels (params: changing one reruns what depends on it;
-# resources such as threads or runtime are left out so that changing them reruns nothing).
+# The settings that shape the labels (params: changing one reruns what depends on it; the
+# jobs' threads, memory and runtime live in config key resources, so changing them reruns
+# nothing).
 SEGMENTATION_SETTINGS = {
     key: config["segmentation"][key]
     for key in (
@@ -26,9 +27,7 @@ SEGMENTATION_SETTINGS = {
         "min_size",
     )
 }
-SEGMENTATION_TRAIN_SETTINGS = {
-    key: value for key, value in config["segmentation"]["train"].items() if key != "runtime"
-}
+SEGMENTATION_TRAIN_SETTINGS = dict(config["segmentation"]["train"])
 # Sheet rows of segmentation.train.sites ("plate/well/site"), in sheet order.
 SEGMENTATION_TRAINING_SITES = SAMPLES.assign(
     name=[f"{p}/{w}/{s}" for p, w, s in zip(SAMPLES.plate, SAMPLES.well, SAMPLES.site)]
@@ -55,12 +54,10 @@ rule train_segmentation:
     log:
         "logs/train_segmentation.log",
     conda:
-        "../../envs/segmentation.yaml"
-    threads: config["segmentation"]["threads"]
+        "../envs/segmentation.yaml"
+    threads: RESOURCES["train_segmentation"]["threads"]
     resources:
-        gpu=config["segmentation"]["gpu"],
-        mem_mb=config["segmentation"]["mem_mb"],
-        runtime=config["segmentation"]["train"]["runtime"],
+        **job_resources("train_segmentation"),
     params:
         sites=site_records(SEGMENTATION_TRAINING_SITES),
         images=IMAGE_SETTINGS,
@@ -82,12 +79,10 @@ rule segment:
     log:
         "logs/segment/{plate}/{well}.log",
     conda:
-        "../../envs/segmentation.yaml"
-    threads: config["segmentation"]["threads"]
+        "../envs/segmentation.yaml"
+    threads: RESOURCES["segment"]["threads"]
     resources:
-        gpu=config["segmentation"]["gpu"],
-        mem_mb=config["segmentation"]["mem_mb"],
-        runtime=config["segmentation"]["runtime"],
+        **job_resources("segment"),
     params:
         # Each site with its label image, inside the output folder (site_labels: the one naming).
         sites=lambda wc: site_records(well_sites(wc), labels=True),
@@ -110,11 +105,10 @@ rule score_segmentation:
     log:
         "logs/score_segmentation.log",
     conda:
-        "../../envs/segmentation.yaml"
-    threads: 1
+        "../envs/segmentation.yaml"
+    threads: RESOURCES["score_segmentation"]["threads"]
     resources:
-        mem_mb=2000,
-        runtime=20,
+        **job_resources("score_segmentation"),
     params:
         sites=[
             {
@@ -146,11 +140,10 @@ rule segmentation_qc:
     log:
         "logs/segmentation_qc/{plate}.log",
     conda:
-        "../../envs/analysis.yaml"
-    threads: 1
+        "../envs/analysis.yaml"
+    threads: RESOURCES["segmentation_qc"]["threads"]
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **job_resources("segmentation_qc"),
     params:
         sites=lambda wc: SAMPLES[SAMPLES.plate == wc.plate][["plate", "well", "site"]].to_dict("records"),
         labels=lambda wc: [
@@ -159,3 +152,36 @@ rule segmentation_qc:
         max_z=config["segmentation"]["qc"]["max_robust_z"],
     script:
         "../scripts/segmentation_qc.py"
+
+
+rule mask_review:
+    """A page of the report per plate: a seeded sample of sites (the flagged ones first), a
+    few planes each, the masks' outlines on the image, the segmentation QC beside them."""
+    input:
+        images=lambda wc: site_files(SAMPLES[SAMPLES.plate == wc.plate]),
+        index=lambda wc: site_index(SAMPLES[SAMPLES.plate == wc.plate]),
+        segments=lambda wc: [f"results/segment/{wc.plate}/{w}" for w in WELLS[WELLS.plate == wc.plate].well],
+        qc="results/segmentation/qc/{plate}.parquet",
+        # AP@0.5 of the sites with ground-truth labels, where there are any.
+        scores=SEGMENTATION_SCORES[:1],
+    output:
+        report(
+            "results/segmentation/review/{plate}.png",
+            caption="../report/mask_review.rst",
+            category="Segmentation",
+        ),
+    log:
+        "logs/mask_review/{plate}.log",
+    conda:
+        "../envs/analysis.yaml"
+    threads: RESOURCES["mask_review"]["threads"]
+    resources:
+        **job_resources("mask_review"),
+    params:
+        sites=lambda wc: site_records(SAMPLES[SAMPLES.plate == wc.plate], labels=True),
+        images=IMAGE_SETTINGS,
+        cytoplasm_channel=config["segmentation"]["cytoplasm_channel"],
+        nucleus_channel=config["segmentation"]["nucleus_channel"],
+        review={k: v for k, v in config["segmentation"]["qc"].items() if k.startswith("review_")},
+    script:
+        "../scripts/mask_review.py"

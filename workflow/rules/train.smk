@@ -7,11 +7,10 @@ rule split:
     log:
         "logs/split.log",
     conda:
-        "../../envs/torch.yaml"
-    threads: 1
+        "../envs/torch.yaml"
+    threads: RESOURCES["split"]["threads"]
     resources:
-        mem_mb=500,
-        runtime=5,
+        **job_resources("split"),
     params:
         wells=WELLS[["plate", "well", "treatment"]].to_dict("records"),
         fractions=config["split"]["fractions"],
@@ -37,12 +36,10 @@ rule train:
     log:
         "logs/train.log",
     conda:
-        "../../envs/torch.yaml"
-    threads: config["train"]["threads"]
+        "../envs/torch.yaml"
+    threads: RESOURCES["train"]["threads"]
     resources:
-        gpu=config["train"]["gpu"],
-        mem_mb=config["train"]["mem_mb"],
-        runtime=config["train"]["runtime"],
+        **job_resources("train"),
     params:
         channels=CHANNELS,
         crop_shape=config["crops"]["shape"],

@@ -1,4 +1,4 @@
-"""The aggregate stage's figures: UMAPs, Grad-CAMO distributions, Grad-CAM gallery,
+"""The aggregate stage's figures: UMAPs, Grad-CAMO distributions, attribution-map gallery,
 training curves, mAP."""
 
 import json
@@ -64,7 +64,7 @@ figures.save_figure(
 )
 
 scores = cells["Metadata_GradCAMO"].to_numpy()
-method = figures.method_label(params.cam_method, params.attribution["smoothing_sigma"])
+method = figures.method_label(params.attribution_method, params.attribution["smoothing_sigma"])
 shuffled = cells[SHUFFLED_COLUMN].to_numpy() if SHUFFLED_COLUMN in cells else None
 figures.save_figure(figures.gradcamo_histogram_figure(scores, threshold, method, shuffled), out.histogram)
 figures.save_figure(
@@ -82,7 +82,9 @@ lowest, highest = figures.select_extremes(pool["Metadata_GradCAMO"].to_numpy(), 
 # Inputs are listed in the order of params.wells (the rule's contract, no path parsing).
 wells = [(w["plate"], w["well"]) for w in params.wells]
 crop_stores = {key: Path(p).parent for key, p in zip(wells, snakemake.input.crop_stores)}
-cam_files = dict(zip(wells, snakemake.input.cams)) if "cams" in snakemake.input.keys() else None
+cam_files = (
+    dict(zip(wells, snakemake.input.attributions)) if "attributions" in snakemake.input.keys() else None
+)
 figures.save_figure(
     figures.cam_gallery_figure(
         figures.read_gallery_cells(pool.iloc[lowest], crop_stores, cam_files),

@@ -1,4 +1,4 @@
-"""Profile one well: embeddings, predictions, 3D Grad-CAM and Grad-CAMO for every cell."""
+"""Profile one well: embeddings, predictions, attribution maps and Grad-CAMO for every cell."""
 
 from pathlib import Path
 
@@ -52,7 +52,7 @@ layer = sm.params.target_layer
 if sm.params.target_resolution is not None:
     layer = layer_for_resolution(model, store.crop_shape, sm.params.target_resolution)
 fill = np.load(sm.input.fill)
-if len(fill) == 0 and (sm.params.audit or sm.params.cam_method == "integrated_gradients"):
+if len(fill) == 0 and (sm.params.audit or sm.params.attribution_method == "integrated_gradients"):
     raise InputError(
         f"{sm.input.fill}: the plate's neutral fill is empty (no background in its reference sites)"
     )
@@ -61,18 +61,20 @@ baseline = fill.mean(0) if len(fill) else None
 # Smoothing is for the full-resolution maps at the input; a layer's map is coarser already.
 smoothing = (
     smoothing_sigmas(sm.params.smoothing_sigma, sm.params.voxel_size)
-    if sm.params.cam_method in INPUT_METHODS
+    if sm.params.attribution_method in INPUT_METHODS
     else (0.0, 0.0, 0.0)
 )
-profiler = GradCamProfiler(model, layer, sm.params.cam_method, baseline, sm.params.ig_steps, smoothing)
+profiler = GradCamProfiler(
+    model, layer, sm.params.attribution_method, baseline, sm.params.ig_steps, smoothing
+)
 log.info(
     "%d cells, crop shape %s, %s at %s (map %s) for the %s class",
     len(store),
     store.crop_shape,
-    sm.params.cam_method
+    sm.params.attribution_method
     + (
         f" ({sm.params.ig_steps} steps from the fill's mean)"
-        if sm.params.cam_method == "integrated_gradients"
+        if sm.params.attribution_method == "integrated_gradients"
         else ""
     )
     + (
@@ -87,12 +89,12 @@ log.info(
     sm.params.target_class,
 )
 penalty = meta.get("config", {}).get("attention_penalty") or {}
-if penalty.get("weight", 0) > 0 and penalty.get("method") == sm.params.cam_method:
+if penalty.get("weight", 0) > 0 and penalty.get("method") == sm.params.attribution_method:
     log.warning(
         "the model was trained to keep its %s map on the cell (train.attention_penalty weight %g): "
         "Grad-CAMO under the same map is partly what training optimised; read it with the audit "
-        "and another profile.cam_method",
-        sm.params.cam_method,
+        "and another profile.attribution_method",
+        sm.params.attribution_method,
         penalty["weight"],
     )
 
@@ -118,9 +120,9 @@ def run(cams_out=None):
     return table
 
 
-if "cams" in sm.output.keys():
+if "attributions" in sm.output.keys():
     cams_shape = (len(store), *store.crop_shape)
-    with atomic_path(sm.output.cams) as tmp:
+    with atomic_path(sm.output.attributions) as tmp:
         if len(store):
             cams = np.lib.format.open_memmap(tmp, "w+", np.float16, cams_shape)
             table = run(cams)

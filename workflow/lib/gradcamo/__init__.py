@@ -3,7 +3,14 @@
 One module per concern; none of them knows about Snakemake:
 
 - :mod:`gradcamo.errors`       -- the one exception type for bad input.
-- :mod:`gradcamo.io`           -- TIFF z-stacks (ZCYX) and label images (ZYX), atomic writes.
+- :mod:`gradcamo.config`       -- the configuration outside Snakemake: schema defaults, renamed keys.
+- :mod:`gradcamo.wells`        -- well names (one spelling; row/column to name).
+- :mod:`gradcamo.io`           -- label images (ZYX), writing z-stacks, atomic writes.
+- :mod:`gradcamo.readers`      -- one reader per input layout (OME-TIFF, per-channel files,
+  Opera Phenix, ImageXpress, CellVoyager, LoadData, pattern, OME-Zarr), one interface.
+- :mod:`gradcamo.sites`        -- a labelled site as the array-level stages receive it.
+- :mod:`gradcamo.samples`      -- the sample sheet and the config's semantic checks.
+- :mod:`gradcamo.sheet`        -- the sample-sheet builder (``gradcamo-sheet``).
 - :mod:`gradcamo.synthetic`    -- the seeded mini 3D Cell Painting dataset generator.
 - :mod:`gradcamo.qc`           -- per-site, per-channel image quality metrics.
 - :mod:`gradcamo.segmentation` -- Cellpose 3 segmentation, training and scoring.
@@ -28,4 +35,4 @@ One module per concern; none of them knows about Snakemake:
 - :mod:`gradcamo.figures`      -- PNG figures.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

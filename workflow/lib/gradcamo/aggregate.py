@@ -37,7 +37,7 @@ REQUIRED_COLUMNS = (
     "Metadata_Split",
     "Metadata_GradCAMO",
 )
-#: Row of a cell in its well's profile table, crop store and ``.cams.npy`` (added on read).
+#: Row of a cell in its well's profile table, crop store and ``.attributions.npy`` (added on read).
 PROFILE_ROW = "Metadata_ProfileRow"
 #: Per-cell metadata never carried into well profiles, even where a well has one cell.
 PER_CELL_COLUMNS = (
@@ -104,7 +104,7 @@ def read_profile_tables(
     -------
     cells: one row per cell, the wells in ``paths`` order, rows in each well's order, with
         the column :data:`PROFILE_ROW` added (the row in the well's own table, which is also
-        the cell's index in its crop store and ``.cams.npy``); features float32.
+        the cell's index in its crop store and ``.attributions.npy``); features float32.
     empty: the paths of wells without cells (their tables have zero rows).
 
     Raises

@@ -9,8 +9,8 @@ GRADCAMO_COLUMN = "Metadata_GradCAMO"
 #: The other shares of the attention (keys as in :func:`gradcamo.gradcam.attention_shares`);
 #: with Grad-CAMO they sum to 1.
 ATTENTION_COLUMNS = {
-    "neighbours": "Metadata_GradCAM_NeighbourShare",
-    "background": "Metadata_GradCAM_BackgroundShare",
+    "neighbours": "Metadata_Attribution_NeighbourShare",
+    "background": "Metadata_Attribution_BackgroundShare",
 }
 #: The Grad-CAMO a uniform map would get: the cell's share of its crop's voxels.
 UNIFORM_COLUMN = "Metadata_GradCAMO_Uniform"

@@ -18,6 +18,34 @@ from gradcamo.errors import InputError
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 
+#: Keys renamed or moved before the first release: old dotted key -> its new home. An old key
+#: in a configuration is an error naming the new one (never silently ignored or taken).
+RENAMED_KEYS = {
+    "profile.cam_method": "profile.attribution_method",
+    "profile.save_cams": "profile.save_attributions",
+    **{
+        f"segmentation.{k}": f"resources.segment.{k} (and resources.train_segmentation.{k})"
+        for k in ("gpu", "threads", "mem_mb")
+    },
+    "segmentation.runtime": "resources.segment.runtime",
+    "segmentation.train.runtime": "resources.train_segmentation.runtime",
+    **{f"train.{k}": f"resources.train.{k}" for k in ("gpu", "threads", "mem_mb", "runtime")},
+    **{f"profile.{k}": f"resources.profile.{k}" for k in ("gpu", "threads", "mem_mb", "runtime")},
+}
+
+
+def check_renamed_keys(config: Mapping[str, Any]) -> None:
+    """Raise :class:`InputError` naming the new key of the first renamed key ``config`` uses."""
+    for old, new in RENAMED_KEYS.items():
+        node = config
+        for part in old.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                break
+            node = node[part]
+        else:
+            raise InputError(f"config key {old!r} is now {new!r}: rename it in your config")
+
+
 def _with_defaults(validator_class):
     """A validator that fills in each property's ``default`` as it validates (the recipe of
     jsonschema's FAQ; jsonschema itself only validates)."""
@@ -38,8 +66,9 @@ def complete_config(config: Mapping[str, Any]) -> dict:
 
     Raises
     ------
-    InputError: naming the key that fails the schema.
+    InputError: naming the key that fails the schema, or a renamed key and its new name.
     """
+    check_renamed_keys(config)
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     completed = yaml.safe_load(yaml.safe_dump(dict(config)))  # a deep copy, plain types
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)

@@ -4,7 +4,7 @@ gallery ("where is the model looking"), training curves and mAP.
 Every ``*_figure`` function takes arrays or tables and returns a
 :class:`matplotlib.figure.Figure` (no pyplot state, no backend needed); :func:`save_figure`
 writes it atomically. :func:`umap_embedding` computes the 2-D layouts the UMAP figures
-draw, :func:`read_gallery_cells` reads the gallery's crops and Grad-CAM volumes.
+draw, :func:`read_gallery_cells` reads the gallery's crops and attribution maps.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from gradcamo.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-#: Display names of the attribution methods (``profile.cam_method``).
+#: Display names of the attribution methods (``profile.attribution_method``).
 METHOD_NAMES = {
     "gradcam": "Grad-CAM",
     "gradcampp": "Grad-CAM++",
@@ -36,12 +36,12 @@ METHOD_NAMES = {
 }
 
 
-def method_label(cam_method: str, smoothing_sigma: float = 0.0) -> str:
+def method_label(attribution_method: str, smoothing_sigma: float = 0.0) -> str:
     """How a figure names the map behind Grad-CAMO, e.g. ``integrated gradients (smoothed,
     sigma 1 voxel)``; smoothing applies to the input-level maps only."""
-    label = METHOD_NAMES[cam_method]
+    label = METHOD_NAMES[attribution_method]
     # gradcam.INPUT_METHODS, spelled out: this module runs in the torch-free analysis env.
-    if smoothing_sigma > 0 and cam_method in ("input_x_gradient", "integrated_gradients"):
+    if smoothing_sigma > 0 and attribution_method in ("input_x_gradient", "integrated_gradients"):
         label += f" (smoothed, sigma {smoothing_sigma:g} voxel{'s' if smoothing_sigma != 1 else ''})"
     return label
 
@@ -358,7 +358,7 @@ def gradcamo_by_treatment_figure(
 def _attention_bars(
     ax, attention: pd.DataFrame, treatments: np.ndarray, names: list[str], method: str
 ) -> None:
-    """Stacked bars: mean share of each treatment's Grad-CAM attention on each region; a black
+    """Stacked bars: mean share of each treatment's attribution map on each region; a black
     tick marks the cell's share a uniform map would get (``attention["uniform"]``, if given)."""
 
     def means(column: str, empty: float) -> np.ndarray:
@@ -400,7 +400,7 @@ class GalleryCell:
     """One cell of the gallery.
 
     image: ``(C, Z, Y, X)`` crop; mask: ``(Z, Y, X)`` (1 = cell of interest, 2 = others);
-    cam: ``(Z, Y, X)`` Grad-CAM or ``None``; label: text above the cell.
+    cam: ``(Z, Y, X)`` attribution map or ``None``; label: text above the cell.
     """
 
     image: np.ndarray
@@ -445,13 +445,13 @@ def cam_gallery_figure(
     """Cells with the lowest and highest Grad-CAMO: where is the model looking?
 
     For each cell: the Z max projection of the crop (channel composite) with the cell of
-    interest's outline, and below it the same crop in grey with the Grad-CAM max projection
-    overlaid (or a note when Grad-CAM volumes were not saved).
+    interest's outline, and below it the same crop in grey with the attribution map's max projection
+    overlaid (or a note when the maps were not saved).
     """
     if not lowest and not highest:
         figure = Figure(figsize=(7, 3), layout="constrained")
         figure.suptitle("Where is the model looking? Cells with the lowest and highest Grad-CAMO")
-        _message(figure.subplots(), "no cell has a Grad-CAMO score\n(every Grad-CAM is zero)")
+        _message(figure.subplots(), "no cell has a Grad-CAMO score\n(every attribution map is zero)")
         return figure
     columns = max(len(lowest), len(highest), 1)
     figure = Figure(figsize=(1.9 * columns + 1.2, 8.6), layout="constrained")
@@ -491,7 +491,7 @@ def cam_gallery_figure(
                 bottom[j].text(
                     0.5,
                     0.05,
-                    "no Grad-CAM saved",
+                    "no attribution map saved",
                     color="white",
                     ha="center",
                     transform=bottom[j].transAxes,
@@ -508,19 +508,19 @@ def read_gallery_cells(
     crop_stores: Mapping[tuple[str, str], str | os.PathLike],
     cam_files: Mapping[tuple[str, str], str | os.PathLike] | None = None,
 ) -> list[GalleryCell]:
-    """Read the crops (and Grad-CAMs) of the cells in ``rows``.
+    """Read the crops (and attribution maps) of the cells in ``rows``.
 
     Parameters
     ----------
     rows: single-cell table rows with ``Metadata_Plate``, ``Metadata_Well``,
-        ``Metadata_ProfileRow`` (the cell's index in its crop store and ``.cams.npy``),
+        ``Metadata_ProfileRow`` (the cell's index in its crop store and ``.attributions.npy``),
         ``Metadata_Treatment`` and ``Metadata_GradCAMO``.
     crop_stores: ``(plate, well) -> crop store folder``.
-    cam_files: ``(plate, well) -> .cams.npy`` ``(N, Z, Y, X)``, or ``None``.
+    cam_files: ``(plate, well) -> .attributions.npy`` ``(N, Z, Y, X)``, or ``None``.
 
     Raises
     ------
-    InputError: a well's crop store or Grad-CAM file is missing, or holds fewer cells than
+    InputError: a well's crop store or attribution map file is missing, or holds fewer cells than
         the profile table says.
     """
     from gradcamo.store import CropStore
@@ -543,12 +543,12 @@ def read_gallery_cells(
         cam = None
         if cam_files is not None:
             if key not in cam_files:
-                raise InputError(f"no Grad-CAM file given for well {key[0]}/{key[1]}")
+                raise InputError(f"no attribution map file given for well {key[0]}/{key[1]}")
             if key not in cams:
                 cams[key] = np.load(cam_files[key], mmap_mode="r")
             if index >= len(cams[key]) or cams[key].shape[1:] != mask.shape:
                 raise InputError(
-                    f"{cam_files[key]}: Grad-CAM array {cams[key].shape} does not hold cell "
+                    f"{cam_files[key]}: attribution maps {cams[key].shape} does not hold cell "
                     f"{index} with the crop shape {mask.shape}"
                 )
             cam = np.asarray(cams[key][index], dtype=np.float32)

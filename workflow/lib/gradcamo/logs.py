@@ -8,6 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
+from gradcamo import __version__
+
 
 def log_to(path: str | os.PathLike, level: int = logging.INFO) -> logging.Logger:
     """Send logging records, warnings, progress bars and tracebacks to ``path``.
@@ -30,6 +32,8 @@ def log_to(path: str | os.PathLike, level: int = logging.INFO) -> logging.Logger
     logging.captureWarnings(True)
     log = logging.getLogger("gradcamo")
     log.info("running on %s", where())
+    # Which library ran: from a clone, or copied out of a module's git source.
+    log.info("gradcamo %s from %s", __version__, Path(__file__).resolve().parent)
     return log
 
 

@@ -7,8 +7,8 @@ A profile table has one row per cell, in crop-store order::
     Metadata_Predicted     predicted treatment (class name)
     Metadata_Probability   softmax probability of the predicted class (float32)
     Metadata_GradCAMO      Grad-CAMO score of the cell (float32, NaN for an all-zero map)
-    Metadata_GradCAM_NeighbourShare   share of the map on other cells in the crop (float32)
-    Metadata_GradCAM_BackgroundShare  share of the map outside every cell (float32); with
+    Metadata_Attribution_NeighbourShare   share of the map on other cells in the crop (float32)
+    Metadata_Attribution_BackgroundShare  share of the map outside every cell (float32); with
                            Grad-CAMO they sum to 1: where the model looks instead of the cell
     Metadata_GradCAMO_Uniform  Grad-CAMO a uniform map would get: the cell's share of the
                            crop's voxels (float32), the baseline to read Grad-CAMO against

@@ -46,7 +46,7 @@ def gradcamo_with_baseline(cells: pd.DataFrame, threshold: float = 0.5) -> dict:
 
 
 def attention_shares(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per cell, the shares of its Grad-CAM attention: columns ``cell`` (Grad-CAMO),
+    """Per cell, the shares of its attribution map: columns ``cell`` (Grad-CAMO),
     ``neighbours`` and ``background``, plus ``uniform`` (the cell's share for a uniform map);
     NaN where the table lacks a column."""
     columns = {**ATTENTION_REGIONS, "uniform": UNIFORM_COLUMN}
@@ -60,7 +60,7 @@ def attention_shares(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def attention_statistics(cells: pd.DataFrame) -> dict:
-    """Mean share of the Grad-CAM attention on the cell, its neighbours and the background.
+    """Mean share of the attribution map on the cell, its neighbours and the background.
 
     Returns ``{"cell": ..., "neighbours": ..., "background": ..., "cell_if_uniform": ...}``
     (NaN-excluded means, None where a column is missing or has no values); the first three
@@ -109,7 +109,7 @@ def summary(
     empty_wells: profile tables without cells.
     metrics: the training stage's ``metrics.json``.
     activity: the mAP table (:func:`gradcamo.evaluation.activity_table`).
-    attribution: how the maps behind Grad-CAMO were made (``cam_method``, ``ig_steps``,
+    attribution: how the maps behind Grad-CAMO were made (``attribution_method``, ``ig_steps``,
         ``smoothing_sigma``, ``target_layer``, ``target_resolution``), reported as ``attribution``.
     """
     by_split = {
