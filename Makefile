@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES) --directory .test
 	$(BIN)/snakemake --directory .test --report report.html
 
-# The confounded variant (background correlated with treatment, see README "Mini dataset"),
+# The confounded variant (background correlated with treatment, see docs/mini-dataset.md),
 # run in its own working directory so its results sit beside, not over, the clean ones.
 demo-confounded: setup
 	$(BIN)/python workflow/scripts/make_mini_dataset.py --confounded --out resources/mini_confounded
@@ -49,8 +49,8 @@ test: setup fixtures
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The validation studies against the counterfactual audit: attribution methods x layers
-# (README "Which map to trust", about an hour on 2 cores; results/validate/summary.md), then
-# the attention penalty and its baselines (README "Training the model to look at the cell":
+# (docs/validation.md, about an hour on 2 cores; results/validate/summary.md), then
+# the attention penalty and its baselines (docs/regulariser.md:
 # 11 settings x 3 seeds x 2 variants, 63 trainings of 6-14 minutes, about twelve hours on 2 cores;
 # results/validate/penalty_summary.md).
 validate: setup

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from gradcamo.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -56,7 +57,7 @@ def screen(folder: Path, plates: int) -> Path:
                     )
     (folder / "config").mkdir(exist_ok=True)
     pd.DataFrame(rows).to_csv(folder / "config" / "samples.tsv", sep="\t", index=False)
-    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    config = load_config(REPO / ".test" / "config" / "config.yaml")
     config["samples"] = "config/samples.tsv"
     config["segmentation"]["model"] = "cyto3"  # no annotated sites needed for a dry run
     config["segmentation"]["train"]["sites"] = []

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from gradcamo.config import load_config
 from gradcamo.training import TrainSettings, ValidationAudit, train_classifier
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
 
-    config = yaml.safe_load(Path(args.config).read_text())
+    config = load_config(args.config)
     overrides = dict(parse_override(item) for item in args.set)
     train = {**config["train"], **overrides}
     results = Path(args.results)

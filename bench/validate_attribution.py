@@ -21,7 +21,7 @@ the share above 0.5 of the shuffled baseline: each cell's mask on another cell's
 the separation of the cheating (confounded) model from the honest ones, in units of the
 seeds' spread. Writes
 ``results/validate/table.tsv`` (one row per method x layer x kind), ``models.tsv`` (accuracy
-and audit per trained model) and ``summary.md`` (the table the README shows).
+and audit per trained model) and ``summary.md`` (the table docs/validation.md shows).
 
     .venv/bin/python bench/validate_attribution.py            # 3 seeds (about an hour on 2 cores)
     .venv/bin/python bench/validate_attribution.py --seeds 1  # a quick look
@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from gradcamo.config import load_config
 from gradcamo.context import context_seeds, replace_context
 from gradcamo.gradcam import INPUT_METHODS, LAYER_METHODS, GradCamProfiler, smoothing_sigmas
 from gradcamo.model import load_checkpoint, save_checkpoint
@@ -324,7 +325,7 @@ def study_arguments(doc: str) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="integrated gradients' steps (default: the mini config's profile.ig_steps); "
-        "the README's tables were made at 4",
+        "the tables of docs/validation.md were made at 4",
     )
     return parser
 
@@ -340,7 +341,7 @@ def main() -> None:
     for noisy in ("gradcamo.profiles", "gradcamo.training"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(args.cores)
-    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    config = load_config(REPO / ".test" / "config" / "config.yaml")
     margin, fill_seed = config["crops"]["cell_margin"], config["crops"]["fill"]["seed"]
     methods = grid(config["voxel_size"])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-from gradcamo.config import complete_config
+from gradcamo.config import load_config
 from gradcamo.crops import write_well_store
 from gradcamo.gradcam import GradCamProfiler, smoothing_sigmas
 from gradcamo.model import load_checkpoint
@@ -117,7 +116,7 @@ def counterpart_stores(confounded: Path, clean_dataset: Path, split: pd.DataFram
         write_well_store(
             target,
             labelled_sites(
-                open_reader(ImageSettings.from_config(complete_config(config))),
+                open_reader(ImageSettings.from_config(config)),
                 [
                     Site(row.plate, row.well, int(s.site), image=str(clean_dataset / s.image))
                     for s in sites.itertuples()
@@ -463,7 +462,7 @@ def main() -> None:
     for noisy in ("gradcamo.profiles",):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(args.cores)
-    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    config = load_config(REPO / ".test" / "config" / "config.yaml")
     margin = config["crops"]["cell_margin"]
     args.out.mkdir(parents=True, exist_ok=True)
     datasets, splits = variant_splits(args.out, config, args.cores)  # shared with the attribution study

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from gradcamo import crops
+from gradcamo.config import load_config
 from gradcamo.store import CropStore
 from test_crops import CHANNELS, CROP, METADATA, PLATE_SCOPE, cube_labels, write_site
 
@@ -64,7 +64,7 @@ def test_shortcut_free_counterparts_are_the_workflows_crops_of_the_same_cells(mi
     normalisation. Given the run's own images, that path must give the run's crop store."""
     split = pd.read_csv(mini_run / "results/split/wells.tsv", sep="\t", dtype=str)
     test = split[split.split == "test"].head(1)
-    config = yaml.safe_load((mini_run / "config" / "config.yaml").read_text())
+    config = load_config(mini_run / "config" / "config.yaml")
     paths = PENALTY_STUDY["counterpart_stores"](mini_run, REPO / "resources" / "mini", test, config, tmp_path)
     (plate, well), path = next(iter(paths.items()))
     got, expected = CropStore.open(path), CropStore.open(mini_run / "results/crops" / plate / well)
@@ -203,7 +203,7 @@ def test_study_grid_smooths_only_the_input_level_maps():
 def test_penalty_study_reuses_only_rows_and_models_trained_with_the_current_recipe(tmp_path):
     from gradcamo.model import build_model, save_checkpoint
 
-    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    config = load_config(REPO / ".test" / "config" / "config.yaml")
     setting_train, recipe_key = PENALTY_STUDY["setting_train"], PENALTY_STUDY["recipe_key"]
     key = recipe_key(setting_train(config, "weight 1", 0), config["crops"])
     assert key != recipe_key(setting_train(config, "weight 1", 1), config["crops"])
@@ -306,7 +306,7 @@ def test_every_penalty_setting_is_a_train_section_the_schema_accepts():
     otherwise surface only when the study reaches it, hours in."""
     from snakemake.utils import validate
 
-    config = yaml.safe_load((REPO / ".test" / "config" / "config.yaml").read_text())
+    config = load_config(REPO / ".test" / "config" / "config.yaml")
     schema = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
     for setting in PENALTY_STUDY["SETTINGS"]:
         train = PENALTY_STUDY["setting_train"](config, setting, 2)

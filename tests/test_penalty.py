@@ -251,5 +251,5 @@ def test_penalised_training_moves_attention_to_the_cell_and_off_the_shortcut(tmp
     # models read their context alone at 0.92, 0.84, 0.73 (unpenalised 0.94, 0.87, 0.90) and
     # scored 0.47, 0.47, 0.36 on the same cells without the shortcut (unpenalised 0.50, 0.61,
     # 0.33); on the machine of an earlier session seed 0 had gained 0.39 -> 0.61. The map
-    # moves more than the model (README "Training the model to look at the cell").
+    # moves more than the model (docs/regulariser.md).
     assert all(accuracy(r, wells) > 0.9 for r in results.values())  # both learn the task

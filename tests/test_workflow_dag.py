@@ -69,7 +69,8 @@ def test_screen_template_dry_runs_on_the_mini_images(tmp_path):
     template = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert template["crops"]["shape"] == [21, 128, 128]
     assert template["profile"]["target_resolution"] is not None
-    assert all(template[rule]["gpu"] == 1 for rule in ("segmentation", "train", "profile"))
+    gpu_rules = ("train_segmentation", "segment", "train", "profile")
+    assert all(template["resources"][rule]["gpu"] == 1 for rule in gpu_rules)
     project = write_project(tmp_path, mini_sheet_rows())  # the mini sheet, absolute paths
     (project / "config" / "config.yaml").write_text(
         yaml.safe_dump({**template, "samples": "config/samples.tsv"}, sort_keys=False)
@@ -123,7 +124,9 @@ def test_slurm_profile_dry_run(mini_project):
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
     assert profile["software-deployment-method"] == "conda"
-    assert profile["set-resources"]["train"]["gpu"] == 1
+    # Partitions only: threads, memory, runtime and GPUs come from the config.
+    assert profile["set-resources"]["train"] == {"slurm_partition": "gpu"}
+    assert "set-threads" not in profile and "default-resources" not in profile
     del profile["software-deployment-method"]
     folder = mini_project / "slurm-profile"
     folder.mkdir()

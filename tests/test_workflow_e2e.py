@@ -224,7 +224,7 @@ def test_every_cell_is_audited(project):
     assert set(audit["by_treatment"]) == classes
     # The default map against the audit, with margins that hold over runs: two CI trainings
     # of seed 0 that rounded differently gave test Spearman 0.54 and 0.29, mean Grad-CAMO
-    # 0.42 and 0.46 against 0.07 for a uniform map (README, the audit table).
+    # 0.42 and 0.46 against 0.07 for a uniform map (docs/audit.md, the audit table).
     assert audit["by_split"]["test"]["spearman_gradcamo_cell_reliance"] > 0.1, audit["by_split"]
     attention = summary["attention_by_split"]["test"]
     assert attention["cell"] > 3 * attention["cell_if_uniform"], attention
