@@ -212,10 +212,7 @@ def test_cancelled_train_job_is_retried_and_resumes_to_the_same_model(mini_run, 
     slurm, local = _copy(mini_run, tmp_path / "slurm"), _copy(mini_run, tmp_path / "local")
     for project in (slurm, local):
         _train_epochs(project, epochs)
-    profile = slurm_profile(tmp_path / "profile")
-    settings = yaml.safe_load((profile / "config.yaml").read_text())
-    settings["set-threads"]["train"] = 1
-    (profile / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    profile = slurm_profile(tmp_path / "profile")  # its train job takes resources.train.threads: 1
     # The uninterrupted reference trains beside the SLURM job (one thread each on 2 cores).
     reference_log = tmp_path / "reference.out"
     with reference_log.open("w") as out:
