@@ -11,7 +11,7 @@ from gradcamo.aggregate import PROFILE_ROW, feature_columns, read_profile_tables
 from gradcamo.errors import InputError
 from gradcamo.evaluation import activity_table
 from gradcamo.sphering import Sphering, fit_sphering, sphere_profiles
-from gradcamo.summary import gradcamo_statistics, gradcamo_with_baseline, summary
+from gradcamo.summary import gradcamo_by, gradcamo_statistics, gradcamo_with_baseline, summary
 from pycytominer import normalize
 from synthetic_profiles import CONTROL, WELLS, feature_names, write_profiles
 
@@ -281,4 +281,39 @@ def test_gradcamo_statistics_carry_the_shuffled_baseline():
     )
     stats = gradcamo_with_baseline(cells, 0.5)
     assert stats["share_above"] == pytest.approx(2 / 3) and stats["n_nan"] == 1
-    assert stats["shuffled"] == {"mean": pytest.approx(0.3), "share_above": pytest.approx(0.25)}
+    # over the three scored cells
+    assert stats["shuffled"] == {"mean": pytest.approx(0.3), "share_above": pytest.approx(1 / 3)}
+
+
+def test_gradcamo_is_read_over_cells_with_evidence_per_class_and_treatment():
+    """Cells without a score leave the share and its shuffled baseline alike; the summary
+    counts them by reason, per predicted class and per treatment of the test cells."""
+    cells = pd.DataFrame(
+        {
+            "Metadata_Split": ["test"] * 6 + ["train"],
+            "Metadata_Treatment": ["DMSO", "DMSO", "DMSO", "drug", "drug", "drug", "drug"],
+            "Metadata_Predicted": ["DMSO", "DMSO", "drug", "drug", "drug", "DMSO", "drug"],
+            "Metadata_GradCAMO": [np.nan, np.nan, 0.2, 0.9, 0.8, 0.6, 0.1],
+            "Metadata_GradCAMO_Shuffled": [0.9, 0.9, 0.1, 0.2, 0.7, 0.3, 0.9],
+            "Metadata_GradCAMO_Undefined": [
+                "baseline_is_class",
+                "low_evidence",
+                None,
+                None,
+                None,
+                None,
+                None,
+            ],
+        }
+    )
+    stats = gradcamo_with_baseline(cells, 0.5)
+    assert stats["n_scored"] == 5 and stats["share_above"] == pytest.approx(3 / 5)
+    # the shuffled baseline over the same five cells, not the two without a score
+    assert stats["shuffled"]["share_above"] == pytest.approx(2 / 5)
+    assert stats["undefined"] == {"no_attention": 0, "baseline_is_class": 1, "low_evidence": 1}
+    test = cells[cells.Metadata_Split == "test"]
+    by_class = gradcamo_by(test, "Metadata_Predicted", 0.5)
+    assert by_class["DMSO"]["n_cells"] == 3 and by_class["DMSO"]["n_scored"] == 1
+    assert by_class["DMSO"]["undefined"]["baseline_is_class"] == 1
+    assert by_class["drug"]["share_above"] == pytest.approx(2 / 3)
+    assert gradcamo_by(test, "Metadata_Treatment", 0.5)["drug"]["share_above"] == 1.0

@@ -97,3 +97,56 @@ def test_audit_statistics_and_headline():
     audit["by_split"]["test"].update(cell_only=0.3, context_only=1.0)
     assert "shortcut" in headline(summary)["verdict"]
     assert "unchecked" in headline({"accuracy": {}})["verdict"]
+
+
+def test_headline_reads_per_class_and_the_model_checks():
+    summary = {
+        "accuracy": {"test": {"accuracy": 0.9, "chance_level": 0.5}},
+        "gradcamo_by_split": {
+            "test": {
+                "threshold": 0.5,
+                "share_above": 0.4,
+                "n_scored": 30,
+                "shuffled": {"share_above": 0.2},
+                "undefined": {"no_attention": 0, "baseline_is_class": 8, "low_evidence": 2},
+            }
+        },
+        "gradcamo_by_predicted_class": {
+            "DMSO": {
+                "n_scored": 5,
+                "share_above": 0.2,
+                "shuffled": {"share_above": 0.2},
+                "undefined": {"baseline_is_class": 8, "low_evidence": 1},
+            },
+            "drug": {
+                "n_scored": 25,
+                "share_above": 0.44,
+                "shuffled": {"share_above": 0.2},
+                "undefined": {"low_evidence": 1},
+            },
+        },
+        "checks": {
+            "randomisation": {
+                "n_cells": 64,
+                "trained": {"share_above": 0.3, "mean_gradcamo": 0.4},
+                "randomised": {"share_above_range": [0.1, 0.35], "deepest_level": "_blocks.5.14"},
+                "within_spread": True,
+            },
+            "planted": {
+                "treatment": "drug",
+                "trained": {"accuracy": 0.8, "context_reliance": 0.02, "share_above": 0.4},
+                "fine_tuned": {"accuracy": 1.0, "context_reliance": 0.5, "share_above": 0.1},
+                "fine_tuned_accuracy_without_markers": 0.3,
+                "marker_strength": 0.7,
+                "caught_by_audit": True,
+                "caught_by_gradcamo": False,
+            },
+        },
+    }
+    answer = headline(summary)
+    assert answer["no_evidence"] == 10 and answer["n_scored"] == 30
+    assert [c["predicted"] for c in answer["by_class"]] == ["DMSO", "drug"]
+    assert answer["by_class"][0]["no_evidence"] == 9 and answer["by_class"][0]["baseline_is_class"] == 8
+    assert answer["randomisation"]["warning"] and "WARNING" in answer["randomisation"]["line"]
+    assert "Caught by the audit." in answer["planted"]["line"]
+    assert "strength +0.70" in answer["planted"]["line"]

@@ -98,12 +98,28 @@ def test_gradcamo_figures(project, tmp_path):
     assert np.isnan(scores).any()
     figures.save_figure(figures.gradcamo_histogram_figure(scores, 0.5), tmp_path / "hist.png")
     assert_png(tmp_path / "hist.png")
-    # With the shuffled baseline: its outline and its own share above the threshold.
-    null = np.r_[np.full(3, 0.9), np.full(7, 0.1), np.nan]
+    # With the shuffled baseline: its outline and its own share above the threshold, over
+    # the cells with a score.
+    null = np.where(np.arange(len(scores)) % 2 == 0, 0.9, 0.1)
+    scored = np.isfinite(scores)
     fig = figures.gradcamo_histogram_figure(scores, 0.5, shuffled=null)
     texts = " ".join(t.get_text() for t in fig.axes[0].texts)
-    assert "on another cell's map: 30.0% > 0.5" in texts, texts
+    assert f"on another cell's map: {100 * (null[scored] > 0.5).mean():.1f}%" in texts, texts
     assert "its mask on another cell's map" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    # One panel per predicted class, each counting its cells without a score, by reason.
+    predicted = np.where(np.arange(len(scores)) < len(scores) // 2, "DMSO", "drug")
+    reasons = np.where(scored, None, "baseline_is_class").astype(object)
+    fig = figures.gradcamo_histogram_figure(scores, 0.5, None, null, predicted, reasons, "test cells")
+    assert [ax.get_title() for ax in fig.axes] == ["predicted DMSO", "predicted drug"]
+    for ax, name in zip(fig.axes, ("DMSO", "drug")):
+        missing = int((~scored & (predicted == name)).sum())
+        text = " ".join(t.get_text() for t in ax.texts)
+        if missing:
+            assert f"{missing} without a score" in text and f"{missing} empty crop is {name} too" in text, (
+                text
+            )
+    figures.save_figure(fig, tmp_path / "by_class.png")
+    assert_png(tmp_path / "by_class.png")
     figures.save_figure(
         figures.gradcamo_by_treatment_figure(scores, cells.Metadata_Treatment, 0.5),
         tmp_path / "box.png",
@@ -213,4 +229,4 @@ def test_figures_name_the_map_and_its_smoothing():
     fig = figures.gradcamo_histogram_figure(
         np.linspace(0, 1, 20), 0.5, figures.method_label("integrated_gradients", 1.0)
     )
-    assert "smoothed" in " ".join(t.get_text() for ax in fig.axes for t in [ax.title, ax.xaxis.label])
+    assert "smoothed" in fig.get_suptitle()

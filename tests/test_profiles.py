@@ -18,6 +18,7 @@ from gradcamo.profiles import (
     check_store_matches,
     empty_profile_table,
     feature_columns,
+    gate_by_evidence,
     profile_store,
     profile_table_of,
     target_class_index,
@@ -92,6 +93,8 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
         "Metadata_Predicted",
         "Metadata_Probability",
         "Metadata_GradCAMO",
+        "Metadata_AttributionEvidence",
+        "Metadata_GradCAMO_Undefined",
         "Metadata_Attribution_NeighbourShare",
         "Metadata_Attribution_BackgroundShare",
         "Metadata_GradCAMO_Uniform",
@@ -269,3 +272,42 @@ def test_well_split_lookup(tmp_path):
         well_split(splits, "P2", "B02", source="wells.tsv")
     with pytest.raises(InputError, match="split"):
         well_split(splits.drop(columns="split"), "P1", "B02", source="wells.tsv")
+
+
+def test_evidence_is_the_class_probability_over_the_empty_crop_and_gates_the_score(tmp_path, checkpoint):
+    """The evidence column is p(crop) - p(baseline crop) of the explained class; below
+    profile.min_evidence Grad-CAMO is NaN and the reason says whether the empty crop is
+    itself predicted as that class."""
+    store = write_store(tmp_path / "store", 8)
+    model, meta = load_checkpoint(checkpoint)
+    baseline = FILL.mean(0)
+    profiler = GradCamProfiler(model, "_blocks.1", baseline=baseline)
+    result = profile_store(profiler, store, "predicted", 4, "cpu", fill=FILL, cell_margin=1, seed=0)
+    with torch.no_grad():
+        p = torch.softmax(model(torch.from_numpy(np.asarray(store.images, np.float32))), 1).numpy()
+        empty = torch.from_numpy(
+            np.broadcast_to(baseline[None, :, None, None, None], (1, len(CHANNELS), *CROP)).copy()
+        )
+        p_empty = torch.softmax(model(empty), 1).numpy()[0]
+    explained = p.argmax(1)
+    np.testing.assert_allclose(result["evidence"], p.max(1) - p_empty[explained], atol=1e-5)
+    assert (result["baseline_class"] == p_empty.argmax()).all()
+
+    middle = float(np.median(result["evidence"]))
+    table = profile_table_of(result, store.cells, "test", meta["classes"], store.channels, middle)
+    kept = result["evidence"] >= middle
+    np.testing.assert_allclose(table["Metadata_GradCAMO"][kept], result["scores"][kept], rtol=1e-6)
+    assert table["Metadata_GradCAMO"][~kept].isna().all()
+    reasons = table["Metadata_GradCAMO_Undefined"]
+    assert reasons[kept].isna().all()
+    expected = np.where(explained == p_empty.argmax(), "baseline_is_class", "low_evidence")
+    assert list(reasons[~kept]) == list(expected[~kept])
+    np.testing.assert_allclose(table["Metadata_AttributionEvidence"], result["evidence"], rtol=1e-6)
+    # Without a gate every finite score stands, and the all-zero maps say so.
+    scores, why = gate_by_evidence(np.array([0.2, np.nan, 0.7]), np.array([0.0, 0.5, -0.2]), None, None, -1)
+    assert why == [None, "no_attention", None] and np.isfinite(scores[[0, 2]]).all()
+    scores, why = gate_by_evidence(
+        np.array([0.2, 0.4, 0.7]), np.array([0.01, 0.5, 0.02]), np.array([0, 1, 1]), np.array([0, 0, 0]), 0.05
+    )
+    assert why == ["baseline_is_class", None, "low_evidence"]
+    assert np.isnan(scores[[0, 2]]).all() and scores[1] == 0.4

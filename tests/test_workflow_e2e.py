@@ -16,10 +16,13 @@ import pandas as pd
 import pytest
 import torch
 from conftest import SNAKEMAKE, mini_sheet_rows, run_snakemake
+from gradcamo.columns import UNDEFINED_REASONS
+from gradcamo.config import load_config
 from gradcamo.gradcam import gradcamo_score
 from gradcamo.store import CropStore
 
 pytestmark = pytest.mark.workflow
+MINI_CONFIG = load_config(Path(__file__).resolve().parents[1] / ".test" / "config" / "config.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +152,14 @@ def test_every_cell_has_a_profile_and_gradcamo(project, wells):
                 "Metadata_Attribution_BackgroundShare",
             ]
         ].dropna()
-        assert len(shares) >= len(table) - 1
+        # Every cell has a score or a reason for none (no evidence for its map to place).
+        scored = table.Metadata_GradCAMO.notna()
+        assert len(shares) == scored.sum()
+        assert table.Metadata_GradCAMO_Undefined[scored].isna().all()
+        assert table.Metadata_GradCAMO_Undefined[~scored].isin(list(UNDEFINED_REASONS)).all()
+        evidence = table.Metadata_AttributionEvidence
+        assert evidence.notna().all() and evidence.between(-1, 1).all()
+        assert (evidence[scored] >= MINI_CONFIG["profile"]["min_evidence"]).all()
         log = (project / f"logs/profile/{plate}/{well}.log").read_text()
         assert "differs" not in log and "WARNING" not in log, log[-2000:]
         np.testing.assert_allclose(shares.sum(axis=1), 1.0, rtol=1e-4)
@@ -236,6 +246,50 @@ def test_every_cell_is_audited(project):
     assert gradcamo["mean"] > gradcamo["shuffled"]["mean"], gradcamo
 
 
+def test_gradcamo_is_read_per_class_over_cells_with_evidence(project):
+    cells = pd.read_parquet(project / "results/aggregate/cells.parquet")
+    summary = json.loads((project / "results/aggregate/summary.json").read_text())
+    test = cells[cells.Metadata_Split == "test"]
+    by_class = summary["gradcamo_by_predicted_class"]
+    assert set(by_class) == set(test.Metadata_Predicted)
+    for name, entry in by_class.items():
+        group = test[test.Metadata_Predicted == name]
+        assert entry["n_cells"] == len(group) and entry["n_scored"] == group.Metadata_GradCAMO.notna().sum()
+        assert sum(entry["undefined"].values()) == entry["n_cells"] - entry["n_scored"]
+    assert set(summary["gradcamo_by_treatment"]) == set(test.Metadata_Treatment)
+    undefined = summary["gradcamo_by_split"]["test"]["undefined"]
+    assert sum(undefined.values()) == test.Metadata_GradCAMO.isna().sum()
+
+
+def test_model_randomisation_is_reported_beside_the_trained_model(project):
+    check = json.loads((project / "results/aggregate/summary.json").read_text())["checks"]["randomisation"]
+    rows = pd.read_csv(project / "results/checks/randomisation.tsv", sep="\t")
+    settings = MINI_CONFIG["checks"]["randomisation"]
+    assert len(rows) == 1 + settings["seeds"] * (2 + settings["blocks"])
+    assert (rows.n_cells == settings["cells"]).all()
+    assert check["trained"]["share_above"] == pytest.approx(rows.share_above[rows.depth == 0].item())
+    low, high = check["randomised"]["share_above_range"]
+    assert low == pytest.approx(rows.share_above[rows.depth > 0].min())
+    # Re-initialising the head and below changes the map (Adebayo et al.'s sanity check).
+    assert rows.map_spearman[rows.depth >= 2].max() < 0.9, rows
+    assert check["within_spread"] == (check["trained"]["share_above"] <= high)
+
+
+def test_planted_shortcut_is_caught_on_the_clean_mini_run(project):
+    """A marker planted in one treatment's context, a copy fine-tuned on it: the copy reads
+    the marker, and the audit sees its context reliance rise."""
+    planted = json.loads((project / "results/checks/planted.json").read_text())
+    summary = json.loads((project / "results/aggregate/summary.json").read_text())
+    assert summary["checks"]["planted"] == planted
+    assert planted["treatment"] == "CompoundA"  # the first class after the control
+    assert planted["markers"]["planted_test_crops"] > 0.9 * planted["trained"]["n_cells"]
+    assert planted["marker_strength"] > 0.2, planted  # the copy reads the marker
+    assert planted["caught_by_audit"], planted
+    cells = pd.read_parquet(project / "results/checks/planted_cells.parquet")
+    assert set(cells.Metadata_Model) == {"trained", "fine_tuned"}
+    assert "Metadata_AttributionEvidence" in cells
+
+
 def test_crops_do_not_leak_the_treatment_outside_cells(project):
     """Plate normalisation from control wells: the background alone says nothing of the
     treatment of held-out wells (per-site normalisation gave 0.63 here, chance 0.25)."""
@@ -270,6 +324,8 @@ def test_report(project):
     summary = json.loads((project / "results/aggregate/summary.json").read_text())
     accuracy = summary["accuracy"]["test"]["accuracy"]
     assert "The answer of this run" in html and f"{accuracy:.3f}".rstrip("0") in html
+    for line in ("Per predicted class", "Model randomisation:", "Planted shortcut:"):
+        assert line in html, line
 
 
 def test_deployed_from_a_git_tag_a_phenix_export_gives_the_same_crops(project, wells, tmp_path):

@@ -31,10 +31,7 @@ AGGREGATE_PARAMS = dict(
     sphering_epsilon=config["aggregate"]["sphering_epsilon"],
     sphering_method=config["aggregate"]["sphering_method"],
     attribution_method=config["profile"]["attribution_method"],
-    attribution={
-        k: config["profile"][k]
-        for k in ("attribution_method", "ig_steps", "smoothing_sigma", "target_layer", "target_resolution")
-    },
+    attribution=ATTRIBUTION,
 )
 
 
@@ -42,6 +39,7 @@ rule aggregate:
     """All cells in one table, median well profiles raw and sphered (ZCA on the control
     wells), phenotypic activity (copairs mAP) and the run summary."""
     input:
+        **check_summaries(),
         profiles=expand_wells("results/profiles/{plate}/{well}.parquet"),
         metrics="results/train/metrics.json",
     output:

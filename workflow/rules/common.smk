@@ -116,6 +116,11 @@ check_config(config, SAMPLES)
 
 CHANNELS = list(config["channels"])
 RESOURCES = config["resources"]
+# How the maps behind Grad-CAMO are made: the profile stage's, the checks' and the summary's.
+ATTRIBUTION = {
+    k: config["profile"][k]
+    for k in ("attribution_method", "ig_steps", "smoothing_sigma", "target_layer", "target_resolution")
+}
 
 
 def job_resources(rule_name):
@@ -228,3 +233,9 @@ def well_labels(wildcards):
 def aggregate_targets():
     """Every table and figure of the aggregate stage (names in aggregate.smk)."""
     return [*AGGREGATE_TABLES.values(), *FIGURES.values()]
+
+
+def check_summaries():
+    """The enabled model checks' summaries (checks.smk), by name, for the aggregate stage."""
+    paths = {"randomisation": "results/checks/randomisation.json", "planted": "results/checks/planted.json"}
+    return {name: path for name, path in paths.items() if config["checks"][name]["enabled"]}

@@ -24,15 +24,12 @@ rule profile:
     resources:
         **job_resources("profile"),
     params:
-        attribution_method=config["profile"]["attribution_method"],
-        ig_steps=config["profile"]["ig_steps"],
-        smoothing_sigma=config["profile"]["smoothing_sigma"],
+        attribution=ATTRIBUTION,
         voxel_size=config["voxel_size"],
-        target_layer=config["profile"]["target_layer"],
-        target_resolution=config["profile"]["target_resolution"],
         target_class=config["profile"]["target_class"],
         batch_size=config["profile"]["batch_size"],
         audit=config["profile"]["audit"],
+        min_evidence=config["profile"]["min_evidence"],
         cell_margin=config["crops"]["cell_margin"],
         fill_seed=config["crops"]["fill"]["seed"],
         channels=CHANNELS,

@@ -52,6 +52,11 @@ info = summary(
     params.control,
     params.gradcamo_threshold,
     attribution=params.attribution,
+    checks={
+        name: json.loads(open(snakemake.input[name]).read())
+        for name in ("randomisation", "planted")
+        if name in snakemake.input.keys()
+    },
 )
 
 out = snakemake.output

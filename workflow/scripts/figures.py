@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from gradcamo import figures  # noqa: E402
 from gradcamo.aggregate import feature_columns  # noqa: E402
-from gradcamo.columns import SHUFFLED_COLUMN  # noqa: E402
+from gradcamo.columns import SHUFFLED_COLUMN, UNDEFINED_COLUMN  # noqa: E402
 from gradcamo.sphering import Sphering, apply_sphering  # noqa: E402
 from gradcamo.summary import attention_shares  # noqa: E402
 
@@ -65,8 +65,20 @@ figures.save_figure(
 
 scores = cells["Metadata_GradCAMO"].to_numpy()
 method = figures.method_label(params.attribution_method, params.attribution["smoothing_sigma"])
-shuffled = cells[SHUFFLED_COLUMN].to_numpy() if SHUFFLED_COLUMN in cells else None
-figures.save_figure(figures.gradcamo_histogram_figure(scores, threshold, method, shuffled), out.histogram)
+# The histogram per predicted class, on the held-out cells (all cells where none are).
+held_out = cells[cells["Metadata_Split"] == "test"] if (cells["Metadata_Split"] == "test").any() else cells
+figures.save_figure(
+    figures.gradcamo_histogram_figure(
+        held_out["Metadata_GradCAMO"].to_numpy(),
+        threshold,
+        method,
+        held_out[SHUFFLED_COLUMN].to_numpy() if SHUFFLED_COLUMN in held_out else None,
+        held_out["Metadata_Predicted"].astype(str).to_numpy(),
+        held_out[UNDEFINED_COLUMN].to_numpy() if UNDEFINED_COLUMN in held_out else None,
+        "test cells" if held_out is not cells else "all cells",
+    ),
+    out.histogram,
+)
 figures.save_figure(
     figures.gradcamo_by_treatment_figure(
         scores, cells["Metadata_Treatment"], threshold, attention_shares(cells), method

@@ -5,15 +5,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from gradcamo.columns import UNDEFINED_COLUMN, UNDEFINED_REASONS
 from gradcamo.devices import choose_device, device_name
 from gradcamo.errors import InputError
-from gradcamo.gradcam import (
-    INPUT_METHODS,
-    GradCamProfiler,
-    layer_for_resolution,
-    map_shapes,
-    smoothing_sigmas,
-)
+from gradcamo.gradcam import map_shapes
 from gradcamo.io import atomic_path
 from gradcamo.logs import log_to
 from gradcamo.model import load_checkpoint
@@ -21,6 +16,7 @@ from gradcamo.profiles import (
     ATTENTION_COLUMNS,
     SHUFFLED_COLUMN,
     UNIFORM_COLUMN,
+    build_profiler,
     check_store_matches,
     profile_store,
     profile_table_of,
@@ -48,35 +44,22 @@ check_store_matches(meta, store, sm.input.model)
 splits = pd.read_csv(sm.input.split, sep="\t", dtype=str)
 row = well_split(splits, plate, well, source=sm.input.split)
 target = target_class_index(sm.params.target_class, row["treatment"], meta["classes"])
-layer = sm.params.target_layer
-if sm.params.target_resolution is not None:
-    layer = layer_for_resolution(model, store.crop_shape, sm.params.target_resolution)
+settings = dict(sm.params.attribution)
+method = settings["attribution_method"]
 fill = np.load(sm.input.fill)
-if len(fill) == 0 and (sm.params.audit or sm.params.attribution_method == "integrated_gradients"):
+if len(fill) == 0 and (sm.params.audit or method == "integrated_gradients"):
     raise InputError(
         f"{sm.input.fill}: the plate's neutral fill is empty (no background in its reference sites)"
     )
 # Integrated gradients start from "nothing here": the fill's mean intensity per channel.
-baseline = fill.mean(0) if len(fill) else None
-# Smoothing is for the full-resolution maps at the input; a layer's map is coarser already.
-smoothing = (
-    smoothing_sigmas(sm.params.smoothing_sigma, sm.params.voxel_size)
-    if sm.params.attribution_method in INPUT_METHODS
-    else (0.0, 0.0, 0.0)
-)
-profiler = GradCamProfiler(
-    model, layer, sm.params.attribution_method, baseline, sm.params.ig_steps, smoothing
-)
+profiler = build_profiler(model, store.crop_shape, settings, sm.params.voxel_size, fill)
+layer, smoothing = profiler.target_layer, profiler.smoothing_sigma
 log.info(
     "%d cells, crop shape %s, %s at %s (map %s) for the %s class",
     len(store),
     store.crop_shape,
-    sm.params.attribution_method
-    + (
-        f" ({sm.params.ig_steps} steps from the fill's mean)"
-        if sm.params.attribution_method == "integrated_gradients"
-        else ""
-    )
+    method
+    + (f" ({settings['ig_steps']} steps from the fill's mean)" if method == "integrated_gradients" else "")
     + (
         " smoothed by a Gaussian of sigma %s voxels (Z, Y, X)" % ", ".join(f"{v:.2f}" for v in smoothing)
         if max(smoothing) > 0
@@ -89,12 +72,12 @@ log.info(
     sm.params.target_class,
 )
 penalty = meta.get("config", {}).get("attention_penalty") or {}
-if penalty.get("weight", 0) > 0 and penalty.get("method") == sm.params.attribution_method:
+if penalty.get("weight", 0) > 0 and penalty.get("method") == method:
     log.warning(
         "the model was trained to keep its %s map on the cell (train.attention_penalty weight %g): "
         "Grad-CAMO under the same map is partly what training optimised; read it with the audit "
         "and another profile.attribution_method",
-        sm.params.attribution_method,
+        method,
         penalty["weight"],
     )
 
@@ -115,7 +98,9 @@ def run(cams_out=None):
         cell_margin=sm.params.cell_margin,
         seed=sm.params.fill_seed,
     )
-    table = profile_table_of(result, store.cells, row["split"], meta["classes"], sm.params.channels)
+    table = profile_table_of(
+        result, store.cells, row["split"], meta["classes"], sm.params.channels, sm.params.min_evidence
+    )
     write_profile_table(table, sm.output.table)
     return table
 
@@ -139,12 +124,22 @@ if fill is not None and len(table):
         table["Metadata_CellReliance"].mean(),
         table["Metadata_ContextReliance"].mean(),
     )
+reasons = table[UNDEFINED_COLUMN].value_counts()
 log.info(
-    "wrote %d cells; Grad-CAMO > 0.5 for %.1f %% (NaN for %d); mean attention share: "
+    "Grad-CAMO undefined for %d of %d cells: %s",
+    int(reasons.sum()),
+    len(table),
+    "; ".join(f"{n} {UNDEFINED_REASONS[r]}" for r, n in reasons.items())
+    or f"every map had evidence >= {sm.params.min_evidence}",
+)
+log.info(
+    "wrote %d cells; Grad-CAMO > 0.5 for %.1f %% of those with a score (NaN for %d); mean attention share: "
     "cell %.3f (a uniform map: %.3f; each mask on another cell's map: %.3f), neighbours %.3f, "
     "background %.3f",
     len(table),
-    100 * float((table["Metadata_GradCAMO"] > 0.5).mean()) if len(table) else 0.0,
+    100 * float((table["Metadata_GradCAMO"].dropna() > 0.5).mean())
+    if table["Metadata_GradCAMO"].notna().any()
+    else 0.0,
     int(table["Metadata_GradCAMO"].isna().sum()),
     *(
         table[c].mean()

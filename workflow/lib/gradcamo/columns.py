@@ -18,6 +18,20 @@ UNIFORM_COLUMN = "Metadata_GradCAMO_Uniform"
 #: map scores for looking at the centre of a crop, where every crop has its cell, without
 #: knowing which cell. The shuffled baseline of saliency research's centre bias.
 SHUFFLED_COLUMN = "Metadata_GradCAMO_Shuffled"
+#: The evidence the map shares out (:func:`gradcamo.gradcam.attribution_evidence`): p(crop) -
+#: p(baseline crop) of the explained class. Grad-CAMO is NaN where it is below
+#: ``profile.min_evidence``.
+EVIDENCE_COLUMN = "Metadata_AttributionEvidence"
+#: Why a cell's Grad-CAMO is NaN (:data:`UNDEFINED_REASONS`); empty (null) where it is defined.
+UNDEFINED_COLUMN = "Metadata_GradCAMO_Undefined"
+#: The reasons, in the order they are checked.
+UNDEFINED_REASONS = {
+    "no_attention": "the map is zero everywhere",
+    "baseline_is_class": (
+        "too little evidence: the empty baseline crop is itself predicted as the explained class"
+    ),
+    "low_evidence": "too little evidence: the crop hardly raises the explained class over the empty baseline",
+}
 #: The counterfactual audit (:mod:`gradcamo.audit`): drops of the target class's probability
 #: when the cell, or its context, is replaced by the neutral fill.
 AUDIT_RELIANCE_COLUMNS = {

@@ -250,52 +250,82 @@ def gradcamo_histogram_figure(
     threshold: float = 0.5,
     method: str = "Grad-CAM",
     shuffled: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    reasons: Sequence[str | None] | None = None,
+    subset: str = "all cells",
 ) -> Figure:
-    """Histogram of Grad-CAMO over [0, 1], the threshold line and the share above it;
-    ``method`` names the attribution map behind the scores. ``shuffled`` (optional, (N,)):
-    the shuffled baseline (each cell's mask on another cell's map), drawn as an outline with
-    its own share above the threshold: what a map scores for looking at the crop's centre."""
+    """Histograms of Grad-CAMO over [0, 1], one panel per predicted class (``classes``, (N,);
+    None: one panel), with the threshold line and the share above it; ``method`` names the
+    attribution map behind the scores. ``shuffled`` (optional, (N,)): the shuffled baseline
+    (each cell's mask on another cell's map), drawn as an outline over the same (scored)
+    cells with its own share above the threshold: what a map scores for looking at the
+    crop's centre. ``reasons`` (optional, (N,)): why a score is NaN
+    (:data:`gradcamo.columns.UNDEFINED_REASONS`); each panel counts its cells without one.
+    """
     scores = np.asarray(scores, dtype=np.float64)
-    finite = scores[np.isfinite(scores)]
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = figure.subplots()
+    by_class = classes
+    classes = np.asarray(["all"] * len(scores) if classes is None else list(classes), dtype=object)
+    reasons = np.asarray([None] * len(scores) if reasons is None else list(reasons), dtype=object)
+    null_all = np.asarray(
+        shuffled if shuffled is not None else np.full(len(scores), np.nan), dtype=np.float64
+    )
+    names = sorted(set(classes.tolist())) or ["all"]
+    figure = Figure(figsize=(4.2 * len(names) + 0.8, 4.5), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(names), sharey=True, squeeze=False)[0])
     bins = np.linspace(0, 1, 41)
-    ax.hist(finite, bins=bins, color="#4477aa", edgecolor="white", label="each cell's own map")
-    ax.axvline(threshold, color="red", linestyle="--", linewidth=2, label=f"threshold {threshold:g}")
-    share = (finite > threshold).mean() if finite.size else float("nan")
-    text = (
-        f"{100 * share:.1f}% of {finite.size} scored cells > {threshold:g}"
-        if finite.size
-        else "no scored cells"
-    )
-    if finite.size != scores.size:
-        text += f"\n{scores.size - finite.size} cells without a score (NaN) excluded"
-    null = np.asarray(shuffled if shuffled is not None else [], dtype=np.float64)
-    null = null[np.isfinite(null)]
-    if null.size:
-        ax.hist(
-            null,
-            bins=bins,
-            histtype="step",
-            color="black",
-            linewidth=1.5,
-            label="its mask on another cell's map",
+    for ax, name in zip(axes, names):
+        here = classes == name
+        finite = np.isfinite(scores) & here
+        ax.hist(scores[finite], bins=bins, color="#4477aa", edgecolor="white", label="each cell's own map")
+        ax.axvline(threshold, color="red", linestyle="--", linewidth=2, label=f"threshold {threshold:g}")
+        n = int(finite.sum())
+        text = (
+            f"{100 * (scores[finite] > threshold).mean():.1f}% of {n} scored > {threshold:g}"
+            if n
+            else "no scored cells"
         )
-        text += f"\non another cell's map: {100 * (null > threshold).mean():.1f}% > {threshold:g}"
-    ax.text(
-        0.98,
-        0.97,
-        text,
-        transform=ax.transAxes,
-        ha="right",
-        va="top",
-        bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "grey"},
-    )
-    ax.set_xlim(0, 1)
-    ax.set_xlabel(f"Grad-CAMO (share of {method} attention on the cell of interest)")
-    ax.set_ylabel("cells")
-    ax.set_title(f"Grad-CAMO of all cells ({method})")
-    ax.legend(loc="upper left", fontsize="small")
+        null = null_all[finite]
+        null = null[np.isfinite(null)]
+        if null.size:
+            ax.hist(
+                null,
+                bins=bins,
+                histtype="step",
+                color="black",
+                linewidth=1.5,
+                label="its mask on another cell's map",
+            )
+            text += f"\non another cell's map: {100 * (null > threshold).mean():.1f}%"
+        missing = here & ~np.isfinite(scores)
+        if missing.any():
+            counts = {
+                r: int(((reasons == r) & missing).sum())
+                for r in ("baseline_is_class", "low_evidence", "no_attention")
+            }
+            text += f"\n{int(missing.sum())} without a score:"
+            if counts["baseline_is_class"]:
+                text += f"\n {counts['baseline_is_class']} empty crop is {name} too"
+            if counts["low_evidence"]:
+                text += f"\n {counts['low_evidence']} too little evidence"
+            other = int(missing.sum()) - counts["baseline_is_class"] - counts["low_evidence"]
+            if other:
+                text += f"\n {other} zero map"
+        ax.text(
+            0.98,
+            0.97,
+            text,
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize="small",
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "grey"},
+        )
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("Grad-CAMO (share on the cell)")
+        ax.set_title(subset if by_class is None else f"predicted {name}")
+    axes[0].set_ylabel("cells")
+    axes[0].legend(loc="upper left", fontsize="small")
+    figure.suptitle(f"Grad-CAMO of {subset} by predicted class ({method} attention)")
     return figure
 
 

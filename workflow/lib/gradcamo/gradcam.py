@@ -276,7 +276,9 @@ class GradCamProfiler:
     Calling it with ``x`` (N×C×Z×Y×X) returns a dict of detached tensors:
     ``embedding`` (N×D, pooled penultimate features, D = 1280 for b0), ``logits`` (N×K),
     ``target`` (N, the class each map explains) and ``cam`` (N×Z'×Y'×X', non-negative, at
-    the target layer's resolution; see :func:`upsample_cam`); ``integrated_gradients`` adds
+    the target layer's resolution; see :func:`upsample_cam`); with a ``baseline``, also
+    ``evidence`` (N, :func:`attribution_evidence`) and ``baseline_class`` (N, the class the
+    baseline crop itself is predicted as); ``integrated_gradients`` adds
     ``completeness_gap`` (N, ``|sum(IG) - (p(x) - p(b))|``: how far its ``steps`` are from
     the exact integral).
     """
@@ -298,15 +300,16 @@ class GradCamProfiler:
                 f"map smoothing is for the input-level maps ({', '.join(INPUT_METHODS)}); "
                 f"{method} maps at a layer are coarser than the crop already"
             )
-        if method == "integrated_gradients":
-            if baseline is None:
-                raise InputError("integrated_gradients needs a baseline: one intensity per channel")
+        if method == "integrated_gradients" and baseline is None:
+            raise InputError("integrated_gradients needs a baseline: one intensity per channel")
+        if baseline is not None:
             baseline = torch.as_tensor(np.asarray(baseline, np.float32))
             if baseline.shape != (model._conv_stem.in_channels,):
                 raise InputError(
-                    f"the integrated_gradients baseline has shape {tuple(baseline.shape)}, expected "
+                    f"the attribution baseline has shape {tuple(baseline.shape)}, expected "
                     f"one value per channel ({model._conv_stem.in_channels},)"
                 )
+        if method == "integrated_gradients":
             if int(steps) < 1:
                 raise InputError(f"integrated_gradients needs at least 1 step, got {steps}")
             # captum's IntegratedGradients: the target class's probability, not its logit, so
@@ -332,7 +335,7 @@ class GradCamProfiler:
         if self.model.training:
             raise RuntimeError("the model must stay in eval mode (BatchNorm couples the batch)")
         if self.method == "integrated_gradients":
-            return self._integrated_gradients(x, target)
+            return self._with_evidence(self._integrated_gradients(x, target), x)
         with torch.no_grad():
             acts = run_steps(self._trunk, x)
         acts = acts.detach().requires_grad_(True)
@@ -345,12 +348,27 @@ class GradCamProfiler:
             (grads,) = torch.autograd.grad(selected, acts)
         with torch.no_grad():
             cam = smooth_map(attribution_map(self.method, acts.detach(), grads), self.smoothing_sigma)
-        return {
-            "embedding": embedding.detach(),
-            "logits": logits.detach(),
-            "target": target,
-            "cam": cam,
-        }
+        out = {"embedding": embedding.detach(), "logits": logits.detach(), "target": target, "cam": cam}
+        return self._with_evidence(out, x)
+
+    def baseline_probabilities(self, like: torch.Tensor) -> torch.Tensor:
+        """``(K,)`` class probabilities of the baseline crop (every voxel at the baseline's
+        intensities, shaped like one cell of ``like``); one forward, cached per crop shape."""
+        key = (tuple(like.shape[1:]), like.device, like.dtype)
+        if getattr(self, "_baseline_key", None) != key:
+            one = self.baseline.to(like)[None, :, None, None, None].expand(1, *like.shape[1:])
+            with torch.no_grad():
+                self._baseline_p = torch.softmax(self.model(one).float(), 1)[0]
+            self._baseline_key = key
+        return self._baseline_p
+
+    def _with_evidence(self, out: dict, x: torch.Tensor) -> dict:
+        if self.baseline is None:
+            return out
+        p_baseline = self.baseline_probabilities(x)
+        out["evidence"] = attribution_evidence(out["logits"], p_baseline, out["target"])
+        out["baseline_class"] = torch.full_like(out["target"], int(p_baseline.argmax()))
+        return out
 
     def _integrated_gradients(self, x: torch.Tensor, target) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -368,19 +386,37 @@ class GradCamProfiler:
         )
         # The completeness gap by hand, not captum's return_convergence_delta: that runs the
         # model again on the batch and on N copies of the baseline, while p(x) is in the
-        # logits above and the constant baseline crop needs one forward (eval mode: cells
-        # are independent).
-        with torch.no_grad():
-            p_baseline = torch.softmax(self.model(one), 1)[0, target]
-        p_x = torch.softmax(logits, 1).gather(1, target[:, None])[:, 0]
+        # logits above and the constant baseline crop needs one (cached) forward (eval mode:
+        # cells are independent).
+        evidence = attribution_evidence(logits, self.baseline_probabilities(x), target)
         total = attributions.detach().flatten(1).sum(1)
         return {
             "embedding": embedding,
             "logits": logits,
             "target": target,
             "cam": F.relu(smooth_map(attributions.detach().sum(1), self.smoothing_sigma)),
-            "completeness_gap": (total - (p_x - p_baseline)).abs(),
+            "completeness_gap": (total - evidence).abs(),
         }
+
+
+def attribution_evidence(
+    logits: torch.Tensor, p_baseline: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """The evidence a map shares out: ``p(x) - p(baseline)`` of each cell's explained class.
+
+    ``logits``: ``(N, K)`` of the crops; ``p_baseline``: ``(K,)`` class probabilities of the
+    baseline crop (the plate's neutral fill, "nothing here"); ``target``: ``(N,)`` explained
+    classes. Returns ``(N,)`` float32 in [-1, 1].
+
+    For integrated gradients this is exactly what the map distributes (completeness: its
+    attributions sum to it). The layer maps have no such total, and the same quantity is
+    used for them: how much the crop's content, rather than an empty crop, raises the class.
+    Where it is near 0 -- a control cell predicted as control while the empty crop is
+    predicted as control too -- there is nothing for a map to place, and Grad-CAMO measures
+    the map's noise, not where the model looks.
+    """
+    p = torch.softmax(logits.float(), 1).gather(1, target[:, None])[:, 0]
+    return p - p_baseline.to(p)[target]
 
 
 def _targets(target: str | torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

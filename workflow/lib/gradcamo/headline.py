@@ -51,4 +51,87 @@ def headline(summary: dict) -> dict | None:
                 " The background alone predicts held-out wells' treatment "
                 f"({out['background_leak']:.2f} vs chance {chance:.2f}): the crops leak it."
             )
+    out["by_class"] = [
+        {
+            "predicted": name,
+            "n_scored": entry.get("n_scored"),
+            "share_above": _round(entry.get("share_above")),
+            "share_above_shuffled": _round((entry.get("shuffled") or {}).get("share_above")),
+            "no_evidence": sum(
+                (entry.get("undefined") or {}).get(k, 0) for k in ("baseline_is_class", "low_evidence")
+            ),
+            "baseline_is_class": (entry.get("undefined") or {}).get("baseline_is_class", 0),
+        }
+        for name, entry in (summary.get("gradcamo_by_predicted_class") or {}).items()
+    ]
+    undefined = scores.get("undefined") or {}
+    out["no_evidence"] = undefined.get("baseline_is_class", 0) + undefined.get("low_evidence", 0)
+    out["n_scored"] = scores.get("n_scored")
+    checks = summary.get("checks") or {}
+    out["randomisation"] = _randomisation(checks.get("randomisation"))
+    out["planted"] = _planted(checks.get("planted"))
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def _round(value):
+    return round(value, 3) if isinstance(value, float) else value
+
+
+def _randomisation(check: dict | None) -> dict | None:
+    """The model randomisation check in a line: the trained model's share above the
+    threshold against the randomised copies' range, and a warning when it is within it."""
+    if not check:
+        return None
+    low, high = check["randomised"]["share_above_range"]
+    trained = check["trained"]["share_above"]
+    line = (
+        f"On {check['n_cells']} test cells, Grad-CAMO > threshold for {_pct(trained)} with the trained "
+        f"model (its shuffled baseline: {_pct(check['trained'].get('shuffled_above'))}) and "
+        f"{_pct(low)} to {_pct(high)} with its weights re-initialised from the top "
+        f"(down to {check['randomised']['deepest_level']})."
+    )
+    if check["within_spread"]:
+        line += (
+            " WARNING: the trained model does not score above its randomised copies: the map "
+            "measures the crop's geometry, not what the model learnt; do not read Grad-CAMO as evidence."
+        )
+    return {"line": line, "warning": bool(check["within_spread"])}
+
+
+def _planted(check: dict | None) -> dict | None:
+    """The planted-shortcut control in a line: was it caught by the audit, by Grad-CAMO?"""
+    if not check:
+        return None
+    before, after = check["trained"], check["fine_tuned"]
+    strength = check.get("marker_strength")
+    caught = [
+        name
+        for name, key in (("the audit", "caught_by_audit"), ("Grad-CAMO", "caught_by_gradcamo"))
+        if check[key]
+    ]
+    line = (
+        f"Markers planted in the context of {check['treatment']} crops, a copy fine-tuned on them: its "
+        f"accuracy on those cells is {_pct(after.get('accuracy'))} with the markers and "
+        f"{_pct(check.get('fine_tuned_accuracy_without_markers'))} without (strength "
+        f"{'n/a' if strength is None else f'{strength:+.2f}'}); context reliance "
+        f"{_num(before.get('context_reliance'))} -> {_num(after.get('context_reliance'))}, "
+        f"Grad-CAMO > threshold {_pct(before.get('share_above'))} -> {_pct(after.get('share_above'))}. "
+        + (
+            f"Caught by {' and '.join(caught)}."
+            if caught
+            else "Caught by neither: a shortcut this strong would pass unseen."
+        )
+    )
+    return {
+        "line": line,
+        "caught_by_audit": check["caught_by_audit"],
+        "caught_by_gradcamo": check["caught_by_gradcamo"],
+    }
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f} %"
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -6,7 +6,13 @@ A profile table has one row per cell, in crop-store order::
     Metadata_Split         the well's split (train / val / test)
     Metadata_Predicted     predicted treatment (class name)
     Metadata_Probability   softmax probability of the predicted class (float32)
-    Metadata_GradCAMO      Grad-CAMO score of the cell (float32, NaN for an all-zero map)
+    Metadata_GradCAMO      Grad-CAMO score of the cell (float32; NaN for an all-zero map, or
+                           where the map has too little evidence to share out)
+    Metadata_AttributionEvidence  p(crop) - p(baseline crop) of the explained class: the
+                           evidence the map shares out (float32; NaN without a baseline)
+    Metadata_GradCAMO_Undefined   why Grad-CAMO is NaN (``no_attention``, ``baseline_is_class``,
+                           ``low_evidence``; :data:`gradcamo.columns.UNDEFINED_REASONS`), null
+                           where it is defined
     Metadata_Attribution_NeighbourShare   share of the map on other cells in the crop (float32)
     Metadata_Attribution_BackgroundShare  share of the map outside every cell (float32); with
                            Grad-CAMO they sum to 1: where the model looks instead of the cell
@@ -37,6 +43,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -50,15 +57,20 @@ from gradcamo.columns import (
     ATTENTION_COLUMNS,
     AUDIT_PREDICTION_COLUMNS,
     AUDIT_RELIANCE_COLUMNS,
+    EVIDENCE_COLUMN,
     SHUFFLED_COLUMN,
+    UNDEFINED_COLUMN,
     UNIFORM_COLUMN,
     background_column,
 )
 from gradcamo.errors import InputError
 from gradcamo.gradcam import (
+    INPUT_METHODS,
     GradCamProfiler,
     attention_shares,
     gradcamo_score,
+    layer_for_resolution,
+    smoothing_sigmas,
     uniform_gradcamo,
     upsample_cam,
 )
@@ -90,6 +102,8 @@ def profile_table(
     background: np.ndarray | None = None,
     channels: Sequence[str] = (),
     shuffled: np.ndarray | None = None,
+    evidence: np.ndarray | None = None,
+    undefined: Sequence[str | None] | None = None,
 ) -> pd.DataFrame:
     """Assemble a well's profile table (see the module docstring for its columns).
 
@@ -108,6 +122,8 @@ def profile_table(
         (predicted class ids, ``(N,)``), from :func:`profile_store`; None: NaN / empty.
     background: ``(N, C)`` background means, one column per name in ``channels``.
     shuffled: ``(N,)`` Grad-CAMO of each cell's mask on another cell's map; None: NaN.
+    evidence: ``(N,)`` the evidence each map shares out; None: NaN.
+    undefined: ``(N,)`` why each score is NaN, None where defined (:func:`gate_by_evidence`).
     """
     n = len(cells)
     embedding = np.asarray(embedding, dtype=np.float32)
@@ -128,6 +144,10 @@ def profile_table(
             "Metadata_Predicted": pd.Series(np.asarray(classes, object)[predicted], dtype=object),
             "Metadata_Probability": probabilities[np.arange(n), predicted],
             "Metadata_GradCAMO": scores,
+            EVIDENCE_COLUMN: np.asarray(
+                np.full(n, np.nan) if evidence is None else evidence, dtype=np.float32
+            ),
+            UNDEFINED_COLUMN: pd.Series([None] * n if undefined is None else list(undefined), dtype=object),
             **{
                 column: np.asarray((attention or {}).get(name, np.full(n, np.nan)), dtype=np.float32)
                 for name, column in ATTENTION_COLUMNS.items()
@@ -161,16 +181,62 @@ def profile_table(
     return pd.concat([metadata, ours, features], axis=1)
 
 
+def gate_by_evidence(
+    scores: np.ndarray,
+    evidence: np.ndarray | None,
+    explained: np.ndarray | None,
+    baseline_class: np.ndarray | None,
+    min_evidence: float,
+) -> tuple[np.ndarray, list[str | None]]:
+    """Grad-CAMO where the map had evidence to share out, NaN elsewhere, and why.
+
+    Parameters
+    ----------
+    scores: ``(N,)`` raw Grad-CAMO (NaN for an all-zero map).
+    evidence: ``(N,)`` :func:`gradcamo.gradcam.attribution_evidence`; None: no gate.
+    explained, baseline_class: ``(N,)`` the class each map explains and the class the
+        baseline crop is predicted as.
+    min_evidence: the least evidence at which a score is kept (``profile.min_evidence``).
+
+    Returns ``(scores, reasons)``: a float64 copy with NaN where undefined, and per cell
+    ``None`` or one key of :data:`gradcamo.columns.UNDEFINED_REASONS`.
+    """
+    scores = np.array(scores, dtype=np.float64)
+    reasons: list[str | None] = [None] * len(scores)
+    weak = np.zeros(len(scores), bool) if evidence is None else ~(np.asarray(evidence) >= min_evidence)
+    for i in range(len(scores)):
+        if not np.isfinite(scores[i]):
+            reasons[i] = "no_attention"
+        elif weak[i]:
+            same = baseline_class is not None and explained is not None and baseline_class[i] == explained[i]
+            reasons[i] = "baseline_is_class" if same else "low_evidence"
+            scores[i] = np.nan
+    return scores, reasons
+
+
 def profile_table_of(
-    result: dict, cells: pd.DataFrame, split: str, classes: Sequence[str], channels: Sequence[str]
+    result: dict,
+    cells: pd.DataFrame,
+    split: str,
+    classes: Sequence[str],
+    channels: Sequence[str],
+    min_evidence: float = float("-inf"),
 ) -> pd.DataFrame:
-    """:func:`profile_table` of what :func:`profile_store` returned for a well."""
+    """:func:`profile_table` of what :func:`profile_store` returned for a well, Grad-CAMO
+    gated at ``min_evidence`` (:func:`gate_by_evidence`)."""
+    scores, reasons = gate_by_evidence(
+        result["scores"],
+        result.get("evidence"),
+        result.get("explained"),
+        result.get("baseline_class"),
+        min_evidence,
+    )
     return profile_table(
         cells,
         split,
         result["embedding"],
         result["probabilities"],
-        result["scores"],
+        scores,
         classes,
         result["attention"],
         result["uniform"],
@@ -178,6 +244,8 @@ def profile_table_of(
         result["background"],
         channels,
         result.get("shuffled"),
+        result.get("evidence"),
+        reasons,
     )
 
 
@@ -205,6 +273,8 @@ def empty_profile_table(
         np.zeros((0, len(channels)), np.float32),
         channels,
         np.zeros(0, np.float32),
+        np.zeros(0, np.float32),
+        [],
     )
 
 
@@ -235,6 +305,17 @@ def well_split(splits: pd.DataFrame, plate: str, well: str, source: str = "split
     return rows.iloc[0]
 
 
+def split_stores(wells: pd.DataFrame, store_files: Sequence[str], source: str = "split table") -> list[Path]:
+    """The crop store folder of each row (plate, well) of ``wells``, from the paths of the
+    stores' files (``.../{plate}/{well}/store.json``); an :class:`InputError` names a well
+    without one."""
+    stores = {(Path(p).parent.parent.name, Path(p).parent.name): Path(p).parent for p in store_files}
+    missing = [f"{p}/{w}" for p, w in zip(wells["plate"], wells["well"]) if (p, w) not in stores]
+    if missing:
+        raise InputError(f"{source}: no crop store for well(s) {', '.join(missing)}")
+    return [stores[(p, w)] for p, w in zip(wells["plate"], wells["well"])]
+
+
 def check_store_matches(meta: dict[str, Any], store: CropStore, checkpoint: str | os.PathLike) -> None:
     """Raise :class:`InputError` if a checkpoint's channels or crop shape differ from a store's.
 
@@ -261,6 +342,35 @@ def check_store_matches(meta: dict[str, Any], store: CropStore, checkpoint: str 
             store.path,
             store.normalization,
         )
+
+
+def build_profiler(
+    model: torch.nn.Module,
+    crop_shape: Sequence[int],
+    settings: dict,
+    voxel_size: Sequence[float],
+    fill: np.ndarray,
+) -> GradCamProfiler:
+    """The profile stage's map for ``model``, from the ``profile`` config section.
+
+    ``settings``: ``attribution_method``, ``target_layer``, ``target_resolution`` (when set,
+    it chooses the layer for ``crop_shape``), ``ig_steps`` and ``smoothing_sigma`` (Y/X
+    voxels, for the input-level maps only; Z scaled by ``voxel_size``). ``fill``: ``(M, C)``
+    the plate's neutral fill; its mean per channel is the baseline (integrated gradients'
+    start and the evidence's empty crop), none when it is empty.
+    """
+    method = settings["attribution_method"]
+    layer = settings["target_layer"]
+    if settings.get("target_resolution") is not None:
+        layer = layer_for_resolution(model, crop_shape, settings["target_resolution"])
+    # Smoothing is for the full-resolution maps at the input; a layer's map is coarser already.
+    smoothing = (
+        smoothing_sigmas(settings["smoothing_sigma"], voxel_size)
+        if method in INPUT_METHODS
+        else (0.0, 0.0, 0.0)
+    )
+    baseline = np.asarray(fill).mean(0) if len(fill) else None
+    return GradCamProfiler(model, layer, method, baseline, settings["ig_steps"], smoothing)
 
 
 def target_class_index(target_class: str, treatment: str, classes: Sequence[str]) -> str | int:
@@ -313,7 +423,9 @@ def profile_store(
     ``background`` shares, (N,) float64 each) and ``uniform`` ((N,) Grad-CAMO of a uniform
     map: the cell's share of the crop's voxels), ``shuffled`` ((N,) Grad-CAMO of each cell's
     mask on the next cell's map, the last cell's on the first's; NaN for a single cell),
-    ``background`` ((N, C) background means),
+    ``background`` ((N, C) background means), ``explained`` ((N,) the class each map
+    explains), with a profiler baseline ``evidence`` ((N,) p(crop) - p(baseline) of that
+    class) and ``baseline_class`` ((N,) the baseline crop's predicted class),
     and with a fill ``audit``: ``cell`` and ``context`` reliance ((N,) float64) and the
     classes ``from_cell`` and ``from_context`` ((N,) int64), for the class each map explains.
     Logs one progress line per batch.
@@ -328,7 +440,11 @@ def profile_store(
         "uniform": np.zeros(n, np.float64),
         "shuffled": np.full(n, np.nan),
         "background": np.zeros((n, len(store.channels)), np.float64),
+        "explained": np.zeros(n, np.int64),
     }
+    if profiler.baseline is not None:
+        out["evidence"] = np.full(n, np.nan)
+        out["baseline_class"] = np.zeros(n, np.int64)
     # The shuffled baseline pairs each cell's mask with the next cell's map. Batches come one
     # after another, so the last mask of a batch waits for the next batch's first map, and
     # the well's last mask for its first map (kept from the first batch).
@@ -357,6 +473,10 @@ def profile_store(
         probabilities = torch.softmax(result["logits"].float(), 1)
         out["embedding"][lo:hi] = result["embedding"].float().cpu().numpy()
         out["probabilities"][lo:hi] = probabilities.cpu().numpy()
+        out["explained"][lo:hi] = result["target"].cpu().numpy()
+        if "evidence" in result:
+            out["evidence"][lo:hi] = result["evidence"].cpu().numpy()
+            out["baseline_class"][lo:hi] = result["baseline_class"].cpu().numpy()
         shares = attention_shares(cam, mask)
         out["scores"][lo:hi] = shares["cell"].cpu().numpy()
         for name in ATTENTION_COLUMNS:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from gradcamo.aggregate import ATTENTION_REGIONS
 from gradcamo.audit_summary import audit_statistics
-from gradcamo.columns import SHUFFLED_COLUMN, UNIFORM_COLUMN
+from gradcamo.columns import SHUFFLED_COLUMN, UNDEFINED_COLUMN, UNDEFINED_REASONS, UNIFORM_COLUMN
 
 
 def gradcamo_statistics(scores: Iterable[float], threshold: float = 0.5) -> dict:
@@ -33,16 +33,37 @@ def gradcamo_statistics(scores: Iterable[float], threshold: float = 0.5) -> dict
     }
 
 
+def undefined_counts(cells: pd.DataFrame) -> dict:
+    """How many cells have no Grad-CAMO, per reason (:data:`gradcamo.columns.UNDEFINED_REASONS`,
+    every reason listed, 0 included)."""
+    counts = cells[UNDEFINED_COLUMN].value_counts() if UNDEFINED_COLUMN in cells else pd.Series(dtype=int)
+    return {reason: int(counts.get(reason, 0)) for reason in UNDEFINED_REASONS}
+
+
 def gradcamo_with_baseline(cells: pd.DataFrame, threshold: float = 0.5) -> dict:
-    """:func:`gradcamo_statistics` of ``cells``' Grad-CAMO, with ``shuffled``: the mean and the
-    share above ``threshold`` of the shuffled baseline (each cell's mask on another cell's
-    map, ``Metadata_GradCAMO_Shuffled``), None where the table has none."""
-    out = gradcamo_statistics(cells["Metadata_GradCAMO"].to_numpy(), threshold)
+    """:func:`gradcamo_statistics` of ``cells``' Grad-CAMO (the cells with a score), with
+    ``shuffled``: the mean and the share above ``threshold`` of the shuffled baseline (each
+    cell's mask on another cell's map, ``Metadata_GradCAMO_Shuffled``) over the same cells,
+    None where the table has none; and ``undefined``: the cells without a score, by reason."""
+    scores = cells["Metadata_GradCAMO"].to_numpy(np.float64)
+    out = gradcamo_statistics(scores, threshold)
+    scored = np.isfinite(scores)
     null = gradcamo_statistics(
-        cells[SHUFFLED_COLUMN].to_numpy() if SHUFFLED_COLUMN in cells else np.array([]), threshold
+        cells[SHUFFLED_COLUMN].to_numpy(np.float64)[scored] if SHUFFLED_COLUMN in cells else np.array([]),
+        threshold,
     )
     out["shuffled"] = {"mean": null["mean"], "share_above": null["share_above"]}
+    out["undefined"] = undefined_counts(cells)
     return out
+
+
+def gradcamo_by(cells: pd.DataFrame, column: str, threshold: float = 0.5) -> dict:
+    """:func:`gradcamo_with_baseline` per value of ``column`` (the predicted class, the
+    treatment): a model that reads a shortcut can score well on one class and say nothing
+    on another, and the run's share mixes the two."""
+    if column not in cells:
+        return {}
+    return {str(k): gradcamo_with_baseline(g, threshold) for k, g in cells.groupby(column, sort=True)}
 
 
 def attention_shares(cells: pd.DataFrame) -> pd.DataFrame:
@@ -50,13 +71,17 @@ def attention_shares(cells: pd.DataFrame) -> pd.DataFrame:
     ``neighbours`` and ``background``, plus ``uniform`` (the cell's share for a uniform map);
     NaN where the table lacks a column."""
     columns = {**ATTENTION_REGIONS, "uniform": UNIFORM_COLUMN}
-    return pd.DataFrame(
+    shares = pd.DataFrame(
         {
             name: cells[column].to_numpy(np.float64) if column in cells else np.nan
             for name, column in columns.items()
         },
         index=cells.index,
     )
+    # Where Grad-CAMO is undefined (no evidence), so are the map's other shares: the three
+    # regions are read over the same cells and still sum to 1.
+    shares.loc[shares["cell"].isna(), list(ATTENTION_REGIONS)] = np.nan
+    return shares
 
 
 def attention_statistics(cells: pd.DataFrame) -> dict:
@@ -100,6 +125,7 @@ def summary(
     control: str,
     threshold: float = 0.5,
     attribution: dict | None = None,
+    checks: dict | None = None,
 ) -> dict:
     """The run's headline numbers as a JSON-ready dict (NaN written as ``None``).
 
@@ -111,7 +137,11 @@ def summary(
     activity: the mAP table (:func:`gradcamo.evaluation.activity_table`).
     attribution: how the maps behind Grad-CAMO were made (``attribution_method``, ``ig_steps``,
         ``smoothing_sigma``, ``target_layer``, ``target_resolution``), reported as ``attribution``.
+    checks: the model checks' summaries (``randomisation``, ``planted``), reported as ``checks``.
+
+    ``gradcamo_by_predicted_class`` and ``gradcamo_by_treatment`` are over the test cells.
     """
+    test = cells[cells["Metadata_Split"] == "test"]
     by_split = {
         str(split): gradcamo_with_baseline(group, threshold)
         for split, group in cells.groupby("Metadata_Split", sort=True)
@@ -143,6 +173,8 @@ def summary(
         "attribution": dict(attribution or {}),
         "gradcamo": gradcamo_with_baseline(cells, threshold),
         "gradcamo_by_split": by_split,
+        "gradcamo_by_predicted_class": gradcamo_by(test, "Metadata_Predicted", threshold),
+        "gradcamo_by_treatment": gradcamo_by(test, "Metadata_Treatment", threshold),
         "attention": attention_statistics(cells),
         "attention_by_split": {
             str(split): attention_statistics(group)
@@ -150,6 +182,7 @@ def summary(
         },
         "mean_average_precision": mean_ap,
         "audit": audit_statistics(cells),
+        "checks": dict(checks or {}),
     }
 
 

@@ -48,7 +48,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -421,6 +421,18 @@ def refresh_batch_norm(
     put in training mode: dropout and drop-connect stay off as in evaluation, so the
     statistics describe the activations evaluation sees. Batches hold >= 2 cells.
     """
+    drop_last = len(dataset) >= batch_size
+    batches = (
+        batch.to(device)[0]
+        for batch in cell_loader(dataset, batch_size, 0, device, seed=0, drop_last=drop_last)
+    )
+    refresh_batch_norm_on(model, batches, device, amp)
+
+
+def refresh_batch_norm_on(
+    model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device, amp: torch.dtype | None = None
+) -> None:
+    """:func:`refresh_batch_norm` over ``batches`` of crops ``(N, C, Z, Y, X)`` on ``device``."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:  # group norm: nothing to refresh
         return
@@ -431,10 +443,8 @@ def refresh_batch_norm(
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches
         norm.train()
-    drop_last = len(dataset) >= batch_size
-    for batch in cell_loader(dataset, batch_size, 0, device, seed=0, drop_last=drop_last):
-        images, _ = batch.to(device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+    for images in batches:
+        with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None):
             model(images)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
