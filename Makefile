@@ -49,12 +49,14 @@ test: setup fixtures
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The validation studies against the counterfactual audit: attribution methods x layers
-# (docs/validation.md, about an hour on 2 cores; results/validate/summary.md), then
+# (docs/validation.md, about an hour on 2 cores; results/validate/summary.md), the evidence
+# gate and the model randomisation check on the same models (results/validate/evidence/), then
 # the attention penalty and its baselines (docs/regulariser.md:
 # 11 settings x 3 seeds x 2 variants, 63 trainings of 6-14 minutes, about twelve hours on 2 cores;
 # results/validate/penalty_summary.md).
 validate: setup
 	$(BIN)/python bench/validate_attribution.py --cores 2
+	$(BIN)/python bench/validate_evidence.py --cores 2
 	$(BIN)/python bench/validate_penalty.py --cores 2
 
 lint: setup

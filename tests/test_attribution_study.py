@@ -315,3 +315,38 @@ def test_every_penalty_setting_is_a_train_section_the_schema_accepts():
     with pytest.raises(Exception, match="weigth"):
         typo = {**config["train"], "attention_penalty": {"weigth": 1.0}}
         validate({**config, "train": typo}, schema, set_default=False)
+
+
+EVIDENCE_STUDY = runpy.run_path(str(REPO / "bench" / "validate_evidence.py"))
+
+
+def test_evidence_curve_reads_each_gate_over_the_cells_it_keeps():
+    """The min_evidence curve: cells below the gate leave the share, its shuffled baseline and
+    the Spearman alike; treated cells are those of the treatments other than the control."""
+    rows = []
+    for seed in range(2):
+        for i in range(40):
+            treated = i % 2 == 1
+            rows.append(
+                {
+                    "kind": "clean",
+                    "seed": seed,
+                    "treatment": "drug" if treated else "DMSO",
+                    "predicted": "drug" if treated else "DMSO",
+                    # control cells: no evidence, noise scores; treated: evidence, scores on the cell
+                    "gradcamo": 0.8 if treated else 0.1 + 0.01 * i,
+                    "shuffled": 0.2,
+                    "evidence": 0.5 if treated else 0.0,
+                    "baseline_is_class": not treated,
+                    "cell_reliance": 0.3 + 0.01 * i if treated else -0.01 * i,
+                    "context_reliance": 0.0,
+                }
+            )
+    cells = pd.DataFrame(rows)
+    curve = EVIDENCE_STUDY["curve"](cells, "DMSO", grid=(-1.0, 0.05))
+    ungated = curve[curve.min_evidence == -1.0].iloc[0]
+    gated = curve[curve.min_evidence == 0.05].iloc[0]
+    assert ungated.kept == 1.0 and ungated.share_above == 0.5
+    assert gated.kept == 0.5 and gated.share_above == 1.0 and gated.shuffled_above == 0.0
+    assert gated.treated_share_above == 1.0 and gated.gap == 1.0
+    assert len(curve) == 4

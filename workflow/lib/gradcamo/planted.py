@@ -214,9 +214,11 @@ def planted_verdict(
     test cells, ``before`` (trained model) against ``after`` (fine-tuned on planted crops),
     each :func:`cell_statistics`.
 
-    ``caught_by_audit``: context reliance up by more than ``margin``; ``caught_by_gradcamo``:
-    the share above the threshold down by more than ``margin``. ``marker_strength``: the
-    fine-tuned model's accuracy with the markers minus without them (how much it reads them).
+    ``marker_strength``: the fine-tuned model's accuracy with the markers minus without them,
+    how much it reads them. ``learned``: that strength above ``margin``; without it the copy
+    holds no shortcut to catch and the control is inconclusive (``caught_by_*`` are then
+    None). Otherwise ``caught_by_audit``: context reliance up by more than ``margin``;
+    ``caught_by_gradcamo``: the share above the threshold down by more than ``margin``.
     """
 
     def delta(key):
@@ -227,12 +229,14 @@ def planted_verdict(
     strength = None
     if after.get("accuracy") is not None and without_markers_accuracy is not None:
         strength = after["accuracy"] - without_markers_accuracy
+    learned = bool(strength is not None and strength > margin)
     return {
         "context_reliance_change": reliance,
         "share_above_change": share,
         "marker_strength": strength,
-        "caught_by_audit": bool(reliance is not None and reliance > margin),
-        "caught_by_gradcamo": bool(share is not None and share < -margin),
+        "learned": learned,
+        "caught_by_audit": bool(reliance is not None and reliance > margin) if learned else None,
+        "caught_by_gradcamo": bool(share is not None and share < -margin) if learned else None,
         "margin": margin,
     }
 

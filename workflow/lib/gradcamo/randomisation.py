@@ -23,26 +23,27 @@ from torch import nn
 from gradcamo.gradcam import GradCamProfiler, gradcamo_score, upsample_cam
 
 
-def cascade_levels(model: EfficientNet, blocks: int) -> list[tuple[str, list[str]]]:
+def cascade_levels(model: EfficientNet, stages: int | None = None) -> list[tuple[str, list[str]]]:
     """The cascade, top first: ``[(level name, module names re-initialised so far), ...]``.
 
     Level 1 is the classifier (``_fc``), level 2 adds the head (``_conv_head``, ``_bn1``),
-    then each level adds one more block from the last (``_blocks.6.15``, ...), ``blocks`` of
-    them.
+    then each level adds one stage of blocks from the last (``_blocks.6``, ``_blocks.5``,
+    ...), ``stages`` of them (None: every stage, and then the stem, ``_conv_stem`` and
+    ``_bn0``: the whole network re-initialised, Adebayo et al.'s full cascade).
     """
-    names = [name for name, _ in model._blocks.named_children()]
-    block_names = [
-        f"_blocks.{stack}.{block}"
-        for stack in names
-        for block, _ in model._blocks[int(stack)].named_children()
-    ]
+    names = [f"_blocks.{name}" for name, _ in model._blocks.named_children()]
+    every = stages is None or int(stages) >= len(names)
+    chosen = names[::-1] if every else names[::-1][: max(int(stages), 0)]
     levels, so_far = [], ["_fc"]
     levels.append(("classifier", list(so_far)))
     so_far += ["_conv_head", "_bn1"]
     levels.append(("head", list(so_far)))
-    for name in reversed(block_names[-int(blocks) :] if blocks > 0 else []):
+    for name in chosen:
         so_far.append(name)
         levels.append((name, list(so_far)))
+    if every:
+        so_far += ["_conv_stem", "_bn0"]
+        levels.append(("stem", list(so_far)))
     return levels
 
 
@@ -105,7 +106,7 @@ def randomisation_table(
     make_profiler: Callable[[nn.Module], GradCamProfiler],
     images: np.ndarray,
     masks: np.ndarray,
-    blocks: int = 2,
+    stages: int | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     threshold: float = 0.5,
     batch_size: int = 32,
@@ -119,7 +120,8 @@ def randomisation_table(
     model: the trained model; make_profiler: builds the run's profiler for a model (same
         method, layer, baseline and steps).
     images, masks: the sampled cells' crops and masks.
-    blocks: how many blocks below the head the cascade reaches.
+    stages: how many stages of blocks below the head the cascade reaches (None: all, and
+        the stem: :func:`cascade_levels`).
     seeds: one randomised copy per seed at every level (their spread is the null's).
 
     Returns one dict per (level, seed): ``level`` (``trained``, ``classifier``, ``head``,
@@ -157,7 +159,7 @@ def randomisation_table(
         f"trained model: mean Grad-CAMO {rows[0]['mean_gradcamo']:.3f}, "
         f"> {threshold}: {rows[0]['share_above']:.3f}"
     )
-    for depth, (level, modules) in enumerate(cascade_levels(model, blocks), start=1):
+    for depth, (level, modules) in enumerate(cascade_levels(model, stages), start=1):
         for seed in seeds:
             clone = randomised_copy(model, modules, seed)
             maps, scores, evidence = maps_and_scores(make_profiler(clone), images, masks, batch_size, device)
@@ -172,36 +174,36 @@ def randomisation_table(
 
 
 def randomisation_verdict(rows: Sequence[dict]) -> dict:
-    """The summary of :func:`randomisation_table`: the trained model's share above the
-    threshold and mean Grad-CAMO, the randomised models' range (over levels and seeds), and
-    ``within_spread``: True when the trained model's share is not above every randomised
-    model's -- the map does not show that it depends on what the model learnt."""
+    """The summary of :func:`randomisation_table`.
+
+    ``trained``: the trained model's share above the threshold, its shuffled baseline and
+    mean Grad-CAMO; ``randomised``: every level's share (mean over seeds), and the deepest
+    level's (the most randomised model's) range over seeds; ``within_spread``: True when the
+    trained model's share is not above that range -- the map does not show that it depends
+    on what the model learnt.
+    """
     trained = [r for r in rows if r["depth"] == 0][0]
     randomised = [r for r in rows if r["depth"] > 0]
-    shares = np.array([r["share_above"] for r in randomised], np.float64)
-    means = np.array([r["mean_gradcamo"] for r in randomised], np.float64)
-    similarity = np.array([r["map_spearman"] for r in randomised], np.float64)
     deepest = max((r["depth"] for r in randomised), default=0)
-    full = [r for r in randomised if r["depth"] == deepest]
-
-    def span(values):
-        values = values[np.isfinite(values)]
-        return [float(values.min()), float(values.max())] if values.size else [None, None]
-
-    share_range = span(shares)
+    full = np.array([r["share_above"] for r in randomised if r["depth"] == deepest], np.float64)
+    full = full[np.isfinite(full)]
+    levels = {}
+    for r in randomised:
+        levels.setdefault(r["level"], []).append(r["share_above"])
+    share_range = [float(full.min()), float(full.max())] if full.size else [None, None]
+    similarity = [r["map_spearman"] for r in randomised if r["depth"] == deepest]
     return {
         "n_cells": trained["n_cells"],
         "trained": {
             "share_above": trained["share_above"],
-            "shuffled_above": trained["shuffled_above"],
+            "shuffled_above": trained.get("shuffled_above"),
             "mean_gradcamo": trained["mean_gradcamo"],
         },
         "randomised": {
+            "deepest_level": next((r["level"] for r in randomised if r["depth"] == deepest), None),
             "share_above_range": share_range,
-            "mean_gradcamo_range": span(means),
-            "map_spearman_range": span(similarity),
-            "deepest_level": full[0]["level"] if full else None,
-            "deepest_share_above": float(np.nanmean([r["share_above"] for r in full])) if full else None,
+            "map_spearman": float(np.nanmean(similarity)) if similarity else None,
+            "share_above_by_level": {k: float(np.nanmean(v)) for k, v in levels.items()},
         },
         "within_spread": bool(share_range[1] is not None and trained["share_above"] <= share_range[1]),
     }
