@@ -16,7 +16,7 @@ trained model's share above the randomised copies'. Writes ``results/validate/ev
 ``cells.tsv``, ``randomisation.tsv``, ``curve.tsv``, ``curve.png`` and ``summary.md`` (the
 tables docs/validation.md shows).
 
-    .venv/bin/python bench/validate_evidence.py            # 3 seeds (about 40 minutes on 2 cores)
+    .venv/bin/python bench/validate_evidence.py    # 3 seeds (trains the models it lacks)
 """
 
 from __future__ import annotations
@@ -184,6 +184,8 @@ def summary_markdown(table: pd.DataFrame, randomisation: pd.DataFrame, chosen: f
 
 def main() -> None:
     parser = study_arguments(__doc__)
+    parser.add_argument("--randomisation-cells", type=int, default=32, help="test cells per model")
+    parser.add_argument("--randomisation-seeds", type=int, default=2, help="copies per cascade level")
     parser.add_argument(
         "--chosen", type=float, default=None, help="min_evidence to mark (default: the schema's)"
     )
@@ -220,7 +222,7 @@ def main() -> None:
             cells.append(model_cells(kind, seed, model, classes, wells, fill_of, config))
             test = wells[wells.split == "test"]
             stores = [CropStore.open(p) for p in test.store]
-            images, masks, _, _ = sample_cells(stores, ["all"] * len(stores), 64, 0)
+            images, masks, _, _ = sample_cells(stores, ["all"] * len(stores), args.randomisation_cells, 0)
             fill = np.concatenate([fill_of(p) for p in sorted(set(test.plate))])
             rows = randomisation_table(
                 model,
@@ -228,7 +230,7 @@ def main() -> None:
                 images,
                 masks,
                 stages=None,
-                seeds=(0, 1, 2),
+                seeds=range(args.randomisation_seeds),
             )
             randomisation += [{**r, "kind": kind, "model_seed": seed} for r in rows]
             log.info("%s seed %d done (%.0f s)", kind, seed, time.perf_counter() - start)
