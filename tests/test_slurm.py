@@ -32,7 +32,7 @@ pytestmark = [
     ),
 ]
 
-GPU_RULES = {"train", "train_segmentation", "segment", "profile"}
+GPU_RULES = {"train", "train_segmentation", "segment", "profile", "randomisation_check", "planted_control"}
 GROUPED_RULES = {"qc_well", "segment", "crops", "profile"}
 JOB_LINE = re.compile(r"running on host \S+, SLURM job (\d+) \(partition (\S+)\)")
 

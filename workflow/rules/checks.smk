@@ -21,7 +21,7 @@ rule randomisation_check:
         table="results/checks/randomisation.tsv",
         summary="results/checks/randomisation.json",
     log:
-        "logs/checks/randomisation.log",
+        "logs/randomisation_check.log",
     conda:
         "../envs/torch.yaml"
     threads: RESOURCES["randomisation_check"]["threads"]
@@ -46,7 +46,7 @@ rule planted_control:
         cells="results/checks/planted_cells.parquet",
         summary="results/checks/planted.json",
     log:
-        "logs/checks/planted.log",
+        "logs/planted_control.log",
     conda:
         "../envs/torch.yaml"
     threads: RESOURCES["planted_control"]["threads"]
