@@ -50,7 +50,7 @@ def cells_of(split, per_treatment, seed):
     return sample_cells(stores, list(rows["treatment"]), per_treatment, seed)
 
 
-def plant(images, masks, treatments, seed):
+def plant(images, masks, treatments, intensity, seed):
     where = np.flatnonzero(treatments == planted)
     out = np.array(images, np.float32)
     out[where], count = plant_markers(
@@ -76,7 +76,7 @@ log.info(
     np.round(intensity, 3).tolist(),
     planted,
 )
-planted_train, count = plant(train_images, train_masks, train_treatments, settings["seed"])
+planted_train, count = plant(train_images, train_masks, train_treatments, intensity, settings["seed"])
 labels = np.array([classes.index(t) for t in train_treatments])
 log.info(
     "fine-tuning on %d training cells (%d planted, %d markers)",
@@ -100,7 +100,7 @@ del planted_train, train_images, train_masks
 test_images, test_masks, test_cells, test_treatments = cells_of(
     "test", settings["test_cells"], settings["seed"] + 1
 )
-planted_test, count = plant(test_images, test_masks, test_treatments, settings["seed"] + 1)
+planted_test, count = plant(test_images, test_masks, test_treatments, intensity, settings["seed"] + 1)
 store = in_memory_store(planted_test, test_masks, test_cells, meta["channels"])
 mine = test_treatments == planted
 tables = {}

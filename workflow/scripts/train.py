@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import torch
 from gradcamo.devices import choose_device
-from gradcamo.errors import InputError
 from gradcamo.logs import log_to
+from gradcamo.profiles import split_stores
 from gradcamo.training import TrainSettings, ValidationAudit, train_classifier, write_training_outputs
 
 log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
@@ -15,12 +15,8 @@ sm = snakemake  # noqa: F821
 torch.set_num_threads(sm.threads)
 
 # The crop store of a well is the folder results/crops/{plate}/{well}/ of its images.npy.
-stores = {(Path(p).parent.parent.name, Path(p).parent.name): str(Path(p).parent) for p in sm.input.images}
 wells = pd.read_csv(sm.input.split, sep="\t", dtype=str)
-missing = [f"{p}/{w}" for p, w in zip(wells.plate, wells.well) if (p, w) not in stores]
-if missing:
-    raise InputError(f"{sm.input.split}: no crop store for well(s) {', '.join(missing)}")
-wells["store"] = [stores[(p, w)] for p, w in zip(wells.plate, wells.well)]
+wells["store"] = [str(store) for store in split_stores(wells, sm.input.images, sm.input.split)]
 
 settings = TrainSettings.from_config(sm.params.settings)
 device = choose_device(sm.resources.gpu)

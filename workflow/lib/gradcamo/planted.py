@@ -32,7 +32,7 @@ from torch import nn
 
 from gradcamo.context import dilate
 from gradcamo.store import MASK_BACKGROUND, CropStore
-from gradcamo.training import refresh_batch_norm_on
+from gradcamo.training import predict_crops, refresh_batch_norm_on
 
 
 def debris_intensity(images: np.ndarray, masks: np.ndarray, percentile: float, clearance: int) -> np.ndarray:
@@ -117,9 +117,10 @@ def sample_cells(stores: Sequence[CropStore], treatments: Sequence[str], per_tre
     picked = pd.concat(picked) if picked else index.iloc[:0]
     images = np.stack([np.asarray(stores[k].images[i], np.float32) for k, i in zip(picked.store, picked.row)])
     masks = np.stack([np.asarray(stores[k].masks[i]) for k, i in zip(picked.store, picked.row)])
-    cells = pd.concat(
-        [stores[k].cells.iloc[[i]] for k, i in zip(picked.store, picked.row)], ignore_index=True
-    ).assign(Metadata_Treatment=picked.treatment.to_numpy())
+    offsets = np.cumsum([0] + [len(s) for s in stores])[:-1]
+    every = pd.concat([s.cells for s in stores], ignore_index=True)
+    cells = every.iloc[offsets[picked.store.to_numpy()] + picked.row.to_numpy()].reset_index(drop=True)
+    cells = cells.assign(Metadata_Treatment=picked.treatment.to_numpy())
     return images, masks, cells, picked.treatment.to_numpy()
 
 
@@ -241,15 +242,8 @@ def planted_verdict(
     }
 
 
-@torch.no_grad()
 def predicted_classes(model: nn.Module, images: np.ndarray, batch_size: int, device="cpu") -> np.ndarray:
-    """Eval-mode predicted class ids ``(N,)`` of crops ``(N, C, Z, Y, X)``."""
-    model.eval()
-    out = [
-        model(torch.from_numpy(np.asarray(images[lo : lo + batch_size], np.float32)).to(device))
-        .argmax(1)
-        .cpu()
-        .numpy()
-        for lo in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+    """Eval-mode predicted class ids ``(N,)`` of crops ``(N, C, Z, Y, X)``
+    (:func:`gradcamo.training.predict_crops`' arg-max)."""
+    crops = torch.from_numpy(np.asarray(images, np.float32))
+    return predict_crops(model, crops, batch_size, torch.device(device)).argmax(1)
