@@ -310,7 +310,12 @@ def test_gradcamo_is_read_over_cells_with_evidence_per_class_and_treatment():
     assert stats["n_scored"] == 5 and stats["share_above"] == pytest.approx(3 / 5)
     # the shuffled baseline over the same five cells, not the two without a score
     assert stats["shuffled"]["share_above"] == pytest.approx(2 / 5)
-    assert stats["undefined"] == {"no_attention": 0, "baseline_is_class": 1, "low_evidence": 1}
+    assert stats["undefined"] == {
+        "not_sampled": 0,
+        "no_attention": 0,
+        "baseline_is_class": 1,
+        "low_evidence": 1,
+    }
     test = cells[cells.Metadata_Split == "test"]
     by_class = gradcamo_by(test, "Metadata_Predicted", 0.5)
     assert by_class["DMSO"]["n_cells"] == 3 and by_class["DMSO"]["n_scored"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +338,96 @@ def test_a_failed_rewrite_keeps_the_previous_store(tmp_path):
     with pytest.raises(InputError):
         crops.write_well_store(tmp_path / "store", [site], METADATA, CHANNELS, CROP, normalization=SITE_SCOPE)
     assert len(CropStore.open(tmp_path / "store")) == 1
+
+
+# ------------------------------------------------------------- sample, crops on the fly
+
+
+def test_sample_order_is_seeded_per_well_and_smaller_samples_are_part_of_larger_ones():
+    order = crops.sample_order(50, "P1", "B02", seed=0)
+    assert sorted(order) == list(range(50))
+    np.testing.assert_array_equal(order, crops.sample_order(50, "P1", "B02", seed=0))
+    assert not np.array_equal(order, crops.sample_order(50, "P1", "B03", seed=0))
+    assert not np.array_equal(order, crops.sample_order(50, "P1", "B02", seed=1))
+    small = crops.sample_mask(50, 5, "P1", "B02", 0)
+    large = crops.sample_mask(50, 20, "P1", "B02", 0)
+    assert small.sum() == 5 and large.sum() == 20 and (large[small]).all()
+    # A well at or below the cap keeps every cell; None keeps every cell.
+    assert crops.sample_mask(7, 7, "P1", "B02", 0).all() and crops.sample_mask(7, None, "P1", "B02", 0).all()
+
+
+def sample_sites(tmp_path):
+    centres = [(3, 5, 5), (4, 12, 14), (6, 20, 25), (2, 5, 20), (5, 18, 6)]
+    return [
+        write_site(tmp_path, "site1", cube_labels(centres), seed=1),
+        write_site(tmp_path, "site2", cube_labels(centres[:2], half=2), seed=2),
+        write_site(tmp_path, "site3", cube_labels(centres[2:]), seed=3),
+    ]
+
+
+def test_a_store_keeps_its_sample_and_records_the_well(tmp_path):
+    sites = sample_sites(tmp_path)
+    args = (sites, METADATA, CHANNELS, CROP)
+    kw = dict(normalization=SITE_SCOPE, filters={"min_volume": 0}, sample_seed=3)
+    every = crops.write_well_store(tmp_path / "all", *args, **kw)
+    some = crops.write_well_store(tmp_path / "some", *args, cells_per_well=4, **kw)
+    full, sample = CropStore.open(tmp_path / "all"), CropStore.open(tmp_path / "some")
+    assert every["n_cells"] == every["well_cells"] == 10 and some == {**every, "n_cells": 4}
+    kept = crops.sample_mask(10, 4, "P1", "B02", 3)
+    keys = ["Metadata_Site", "Metadata_ObjectNumber"]
+    assert sample.cells[keys].values.tolist() == full.cells[keys][kept].values.tolist()  # site, object order
+    np.testing.assert_array_equal(np.asarray(sample.images), np.asarray(full.images)[kept])
+    np.testing.assert_array_equal(np.asarray(sample.masks), np.asarray(full.masks)[kept])
+    meta = json.loads((tmp_path / "some" / "store.json").read_text())
+    assert meta["sample"] == {"cells_per_well": 4, "seed": 3, "well_cells": 10}
+
+
+@pytest.mark.parametrize("context", ["full", "cell"])
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 64])
+def test_crops_made_on_the_fly_are_the_store_s_to_the_last_bit(tmp_path, context, batch_size):
+    sites = sample_sites(tmp_path)
+    fill = np.random.default_rng(0).normal(0, 1, (200, 5)).astype(np.float32)
+    kw = dict(
+        normalization=SITE_SCOPE,
+        context_fill=fill if context == "cell" else None,
+        cell_margin=1,
+        seed=5,
+    )
+    crops.write_well_store(
+        tmp_path / "store", sites, METADATA, CHANNELS, CROP, filters={"min_volume": 0}, context=context, **kw
+    )
+    store = CropStore.open(tmp_path / "store")
+    cells, _ = crops.well_cell_table(sites, METADATA, CROP, {"min_volume": 0})
+    batches = list(crops.prefetched(crops.crop_batches(sites, cells, CROP, batch_size, **kw)))
+    assert [len(b[0]) for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+    images = np.concatenate([b[0] for b in batches])
+    masks = np.concatenate([b[1] for b in batches])
+    assert images.dtype == np.float32 and len(images) == len(store) == 10
+    np.testing.assert_array_equal(images, np.asarray(store.images, np.float32))
+    np.testing.assert_array_equal(masks, np.asarray(store.masks))
+
+
+def test_crop_batches_read_only_the_sites_with_cells_to_crop(tmp_path):
+    sites = sample_sites(tmp_path)
+    cells, _ = crops.well_cell_table(sites, METADATA, CROP, {"min_volume": 0})
+    read = []
+    counted = [
+        SiteSource(s.site, s.name, (lambda s=s: read.append(s.site) or s.zstack()), s.labels) for s in sites
+    ]
+    only_site3 = cells[cells["Metadata_Site"] == 3]
+    batches = list(crops.crop_batches(counted, only_site3, CROP, 2, normalization=SITE_SCOPE))
+    assert read == [3] and sum(len(b[0]) for b in batches) == len(only_site3) == 3
+
+
+def test_prefetched_raises_the_producer_s_error_where_it_happened():
+    def items():
+        yield 1
+        yield 2
+        raise InputError("site 3: broken TIFF")
+
+    got = []
+    with pytest.raises(InputError, match="site 3: broken TIFF"):
+        for item in crops.prefetched(items(), depth=2):
+            got.append(item)
+    assert got == [1, 2]
+    assert list(crops.prefetched(iter(range(5)))) == list(range(5))

@@ -168,8 +168,16 @@ def test_cam_gallery_reads_crops_and_cams(project, tmp_path):
         figures.read_gallery_cells(cells.iloc[low], {}, None)
     beyond = cells.iloc[low[:1]].copy()
     beyond["Metadata_ProfileRow"] = 999
-    with pytest.raises(InputError, match="has .* cells, the profile table refers to cell 999"):
-        figures.read_gallery_cells(beyond, stores, None)
+    with pytest.raises(InputError, match="does not hold cell 999"):
+        figures.read_gallery_cells(beyond, stores, cams)
+    # The crops come from the store by site and object number: a store keeps a sample of
+    # its well (crops.sample), and a cell outside it is named.
+    absent = cells.iloc[low[:1]].copy()
+    absent["Metadata_ObjectNumber"] = 9999
+    assert not figures.stored_cells(absent, stores).any()
+    assert figures.stored_cells(cells, stores).all()
+    with pytest.raises(InputError, match="object 9999 is not in the store"):
+        figures.read_gallery_cells(absent, stores, None)
 
 
 def test_max_projection_rgb_is_a_colour_image():

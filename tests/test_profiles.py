@@ -67,11 +67,13 @@ def checkpoint(tmp_path_factory):
 FILL = np.random.default_rng(7).normal(0, 0.1, (500, len(CHANNELS))).astype(np.float32)
 
 
-def run_well(store, checkpoint, target="predicted", batch_size=4, cams=None, fill=FILL):
+def run_well(store, checkpoint, target="predicted", batch_size=4, cams=None, fill=FILL, mapped=None):
     model, meta = load_checkpoint(checkpoint)
     check_store_matches(meta, store, checkpoint)
     profiler = GradCamProfiler(model, "_blocks.1")  # 4×8×8 maps at this crop size
-    result = profile_store(profiler, store, target, batch_size, "cpu", cams, fill=fill, cell_margin=1, seed=0)
+    result = profile_store(
+        profiler, store, target, batch_size, "cpu", cams, fill=fill, cell_margin=1, seed=0, mapped=mapped
+    )
     table = profile_table_of(result, store.cells, "test", meta["classes"], store.channels)
     return model, result, table
 
@@ -95,6 +97,7 @@ def test_profile_table_values(tmp_path, checkpoint, caplog):
         "Metadata_GradCAMO",
         "Metadata_AttributionEvidence",
         "Metadata_GradCAMO_Undefined",
+        "Metadata_AttributionSampled",
         "Metadata_Attribution_NeighbourShare",
         "Metadata_Attribution_BackgroundShare",
         "Metadata_GradCAMO_Uniform",
@@ -311,3 +314,42 @@ def test_evidence_is_the_class_probability_over_the_empty_crop_and_gates_the_sco
     )
     assert why == ["baseline_is_class", None, "low_evidence"]
     assert np.isnan(scores[[0, 2]]).all() and scores[1] == 0.4
+
+
+@pytest.mark.parametrize("batch_size", [2, 64])
+def test_a_sampled_well_profiles_every_cell_and_maps_only_the_sample(tmp_path, checkpoint, batch_size):
+    """profile.attribution_cells_per_well: every cell gets its embedding and prediction (as in
+    a run that maps every cell), only the sampled cells a map, Grad-CAMO, the shares, the
+    audit; the shuffled baseline pairs sampled cells only; the rest say not_sampled."""
+    store = write_store(tmp_path / "store", 9)
+    mapped = np.zeros(9, bool)
+    mapped[[1, 2, 5, 8]] = True
+    cams = np.ones((9, *CROP), np.float32)
+    _, every, _ = run_well(store, checkpoint, batch_size=batch_size)
+    _, some, table = run_well(store, checkpoint, batch_size=batch_size, cams=cams, mapped=mapped)
+    for key in ("embedding", "probabilities"):
+        np.testing.assert_allclose(some[key], every[key], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(some["background"], every["background"])
+    np.testing.assert_allclose(some["scores"][mapped], every["scores"][mapped], rtol=1e-4)
+    for name in ("cell", "context"):
+        np.testing.assert_allclose(
+            some["audit"][name][mapped], every["audit"][name][mapped], rtol=1e-4, atol=1e-6
+        )
+        assert np.isnan(some["audit"][name][~mapped]).all()
+    assert np.isnan(some["scores"][~mapped]).all() and np.isnan(some["uniform"][~mapped]).all()
+    assert (cams[~mapped] == 0).all() and (cams[mapped].reshape(4, -1).max(1) == 1).all()
+    sampled_masks = np.asarray(store.masks)[mapped]
+    maps = cams[mapped]
+    expected = gradcamo_score(np.roll(maps, -1, axis=0), sampled_masks)
+    np.testing.assert_allclose(some["shuffled"][mapped], expected, rtol=1e-4)
+    assert np.isnan(some["shuffled"][~mapped]).all()
+    assert table["Metadata_AttributionSampled"].tolist() == mapped.tolist()
+    assert (table.loc[~mapped, "Metadata_GradCAMO_Undefined"] == "not_sampled").all()
+    assert table.loc[~mapped, "Metadata_PredictedFromCell"].isna().all()
+    assert table.loc[mapped, "Metadata_PredictedFromCell"].notna().all()
+    assert (
+        table["Metadata_Predicted"].tolist() == run_well(store, checkpoint)[2]["Metadata_Predicted"].tolist()
+    )
+    _, none, table = run_well(store, checkpoint, batch_size=batch_size, mapped=np.zeros(9, bool))
+    assert np.isnan(none["scores"]).all() and (table["Metadata_GradCAMO_Undefined"] == "not_sampled").all()
+    np.testing.assert_allclose(none["embedding"], every["embedding"], rtol=1e-4, atol=1e-6)

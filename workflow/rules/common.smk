@@ -176,6 +176,11 @@ def well_sites(wildcards):
     return SITES_OF_WELL[(wildcards.plate, wildcards.well)]
 
 
+def well_metadata(wildcards):
+    """The well's metadata columns in every cell's row: plate, well, treatment, concentration, control."""
+    return well_sites(wildcards)[["plate", "well", "treatment", "concentration", "control"]].iloc[0].to_dict()
+
+
 def reference_sites(plate):
     """The sheet's rows of the sites a plate is normalised by (crops.normalization.reference:
     its control wells, or all wells), in well and site order."""

@@ -1,4 +1,5 @@
-# Single-cell 3D crops, cell-of-interest masks and the cell table, one crop store per well.
+# Single-cell 3D crops, cell-of-interest masks and the cell table, one crop store per well
+# holding its training sample (the profile stage crops every cell from the sites itself).
 
 
 rule crop_normalization:
@@ -29,7 +30,8 @@ rule crop_normalization:
 
 
 rule crops:
-    """Fixed-shape 3D crops around every cell of a well, with masks and the cell table."""
+    """Fixed-shape 3D crops around the cells of a well's training sample (crops.sample), with
+    masks and the cell table: the crop store that training and the checks read."""
     input:
         segments="results/segment/{plate}/{well}",
         images=lambda wc: site_files(well_sites(wc)),
@@ -54,9 +56,7 @@ rule crops:
     params:
         sites=lambda wc: site_records(well_sites(wc), labels=True),
         # The well's metadata columns in every cell's row.
-        well=lambda wc: well_sites(wc)[["plate", "well", "treatment", "concentration", "control"]]
-        .iloc[0]
-        .to_dict(),
+        well=lambda wc: well_metadata(wc),
         images=IMAGE_SETTINGS,
         settings=config["crops"],
     script:

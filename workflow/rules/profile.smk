@@ -1,14 +1,18 @@
 rule profile:
-    """Embeddings, predictions, 3D Grad-CAM and Grad-CAMO for every cell of one well."""
+    """Embeddings and predictions for every cell of one well, cropped from its sites as they
+    are read (the crop store holds only the training sample); the attribution map, Grad-CAMO
+    and the audit for every cell, or for the well's attribution sample."""
     input:
-        images="results/crops/{plate}/{well}/images.npy",
-        masks="results/crops/{plate}/{well}/masks.npy",
-        cells="results/crops/{plate}/{well}/cells.parquet",
-        store_json="results/crops/{plate}/{well}/store.json",
+        segments="results/segment/{plate}/{well}",
+        images=lambda wc: site_files(well_sites(wc)),
+        index=lambda wc: site_index(well_sites(wc)),
+        # The plate's percentiles (scope plate) and the neutral fill: the crops' context
+        # (crops.context: cell), the counterfactual audit's, integrated gradients' baseline.
+        bounds="results/crops/{plate}/normalization.json",
+        fill="results/crops/{plate}/fill.npy",
+        segmentation_qc="results/segmentation/qc/{plate}.parquet",
         model="results/train/model.pt",
         split="results/split/wells.tsv",
-        # The plate's neutral fill: the counterfactual audit's, and integrated gradients' baseline.
-        fill="results/crops/{plate}/fill.npy",
     output:
         **(
             {"attributions": "results/profiles/{plate}/{well}.attributions.npy"}
@@ -24,14 +28,17 @@ rule profile:
     resources:
         **job_resources("profile"),
     params:
+        sites=lambda wc: site_records(well_sites(wc), labels=True),
+        well=lambda wc: well_metadata(wc),
+        images=IMAGE_SETTINGS,
+        crops=config["crops"],
+        attribution_cells_per_well=config["profile"]["attribution_cells_per_well"],
         attribution=ATTRIBUTION,
         voxel_size=config["voxel_size"],
         target_class=config["profile"]["target_class"],
         batch_size=config["profile"]["batch_size"],
         audit=config["profile"]["audit"],
         min_evidence=config["profile"]["min_evidence"],
-        cell_margin=config["crops"]["cell_margin"],
-        fill_seed=config["crops"]["fill"]["seed"],
         channels=CHANNELS,
     script:
         "../scripts/profile.py"

@@ -1,11 +1,12 @@
-"""One well's crop store: results/crops/{plate}/{well}/{images.npy,masks.npy,cells.parquet,store.json}."""
+"""One well's crop store: results/crops/{plate}/{well}/{images.npy,masks.npy,cells.parquet,store.json},
+its cells the well's training sample (crops.sample)."""
 
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from gradcamo.crops import write_well_store
+from gradcamo.crops import without_flagged_sites, write_well_store
 from gradcamo.logs import log_to
 from gradcamo.readers import ImageSettings, Site, labelled_sites, open_reader
 
@@ -15,12 +16,13 @@ settings = sm.params.settings
 images = ImageSettings.from_dict(sm.params.images)
 records = sm.params.sites
 metadata = dict(sm.params.well)
-qc = pd.read_parquet(sm.input.segmentation_qc)
-flagged = qc[qc.flagged & (qc.well == metadata["well"])]
+drop = settings["filters"]["drop_flagged_sites"]
+records, flagged = without_flagged_sites(
+    records, pd.read_parquet(sm.input.segmentation_qc), metadata["well"], drop
+)
 for row in flagged.itertuples(index=False):
     log.warning("site %s is flagged by the segmentation QC: %s", row.site, row.reason)
-if settings["filters"]["drop_flagged_sites"] and len(flagged):
-    records = [r for r in records if r["site"] not in set(flagged.site)]
+if drop and len(flagged):
     log.warning("crops.filters.drop_flagged_sites: dropped site(s) %s", ", ".join(map(str, flagged.site)))
 sites = labelled_sites(
     open_reader(images, sm.input.index),
@@ -42,10 +44,13 @@ summary = write_well_store(
     context_fill=np.load(sm.input.fill) if settings["context"] == "cell" else None,
     cell_margin=settings["cell_margin"],
     seed=settings["fill"]["seed"],
+    cells_per_well=settings["sample"]["cells_per_well"],
+    sample_seed=settings["sample"]["seed"],
 )
 log.info(
-    "wrote %d cells (%s), context %s (crops.shape %s)",
+    "wrote %d of the well's %d cells (%s), context %s (crops.shape %s)",
     summary["n_cells"],
+    summary["well_cells"],
     summary,
     settings["context"],
     settings["shape"],

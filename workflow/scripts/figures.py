@@ -86,14 +86,17 @@ figures.save_figure(
     out.by_treatment,
 )
 
-# Gallery: held-out cells if any has a score, else all cells.
-pool = cells[cells["Metadata_Split"] == "test"]
-if not np.isfinite(pool["Metadata_GradCAMO"]).any():
-    pool = cells
-lowest, highest = figures.select_extremes(pool["Metadata_GradCAMO"].to_numpy(), params.gallery_cells)
-# Inputs are listed in the order of params.wells (the rule's contract, no path parsing).
+# Gallery: held-out cells if any has a score, else all cells; of those, the cells in their
+# well's crop store (its training sample, crops.sample), whose crops can be drawn.
 wells = [(w["plate"], w["well"]) for w in params.wells]
 crop_stores = {key: Path(p).parent for key, p in zip(wells, snakemake.input.crop_stores)}
+drawable = cells[figures.stored_cells(cells, crop_stores)]
+pool = drawable[drawable["Metadata_Split"] == "test"]
+if not np.isfinite(pool["Metadata_GradCAMO"]).any():
+    pool = drawable
+log.info("gallery: from %d cells with a stored crop (of %d)", len(pool), len(cells))
+lowest, highest = figures.select_extremes(pool["Metadata_GradCAMO"].to_numpy(), params.gallery_cells)
+# Inputs are listed in the order of params.wells (the rule's contract, no path parsing).
 cam_files = (
     dict(zip(wells, snakemake.input.attributions)) if "attributions" in snakemake.input.keys() else None
 )

@@ -1,11 +1,21 @@
-"""Profile one well: embeddings, predictions, attribution maps and Grad-CAMO for every cell."""
+"""Profile one well: embeddings and predictions for every cell, cropped from the site images as
+they are read; attribution maps, Grad-CAMO and the audit for every cell or the well's sample."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from gradcamo.columns import UNDEFINED_COLUMN, UNDEFINED_REASONS
+from gradcamo.crops import (
+    crop_batches,
+    normalization_record,
+    prefetched,
+    sample_mask,
+    well_cell_table,
+    without_flagged_sites,
+)
 from gradcamo.devices import choose_device, device_name
 from gradcamo.errors import InputError
 from gradcamo.gradcam import map_shapes
@@ -17,14 +27,14 @@ from gradcamo.profiles import (
     SHUFFLED_COLUMN,
     UNIFORM_COLUMN,
     build_profiler,
-    check_store_matches,
-    profile_store,
+    check_crops_match,
+    profile_batches,
     profile_table_of,
     target_class_index,
     well_split,
     write_profile_table,
 )
-from gradcamo.store import CropStore
+from gradcamo.readers import ImageSettings, Site, labelled_sites, open_reader
 
 log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 sm = snakemake  # noqa: F821
@@ -38,26 +48,65 @@ if device.type == "cuda":
     torch.backends.cudnn.allow_tf32 = False
 log.info("profiling %s/%s on %s", plate, well, device_name(device, sm.threads))
 
-store = CropStore.open(Path(sm.input.store_json).parent)
+crop_settings = dict(sm.params.crops)
+images = ImageSettings.from_dict(sm.params.images)
+metadata = dict(sm.params.well)
+drop = crop_settings["filters"]["drop_flagged_sites"]
+records, flagged = without_flagged_sites(
+    sm.params.sites, pd.read_parquet(sm.input.segmentation_qc), well, drop
+)
+if drop and len(flagged):
+    log.warning(
+        "crops.filters.drop_flagged_sites: site(s) %s not profiled", ", ".join(map(str, flagged.site))
+    )
+sites = labelled_sites(
+    open_reader(images, sm.input.index),
+    [Site.from_record(r) for r in records],
+    [r["labels"] for r in records],
+)
+crop_shape = tuple(crop_settings["shape"])
+# Pass 1: the well's cells (the label images only), the same table as its crop store's before
+# the store keeps its training sample.
+cells, counts = well_cell_table(sites, metadata, crop_shape, crop_settings["filters"])
+norm = {
+    k: crop_settings["normalization"][k]
+    for k in ("scope", "reference", "lower_percentile", "upper_percentile")
+}
+reference = json.loads(Path(sm.input.bounds).read_text())
+bounds = None if reference["bounds"] is None else np.asarray(reference["bounds"])
+context, cell_margin = crop_settings["context"], crop_settings["cell_margin"]
+fill_seed = crop_settings["fill"]["seed"]
 model, meta = load_checkpoint(sm.input.model, map_location=device)
-check_store_matches(meta, store, sm.input.model)
+check_crops_match(
+    meta,
+    images.channels,
+    crop_shape,
+    normalization_record(norm, bounds, context, cell_margin),
+    f"the crops of {plate}/{well} (config crops)",
+    sm.input.model,
+)
+sample = crop_settings["sample"]
+mapped = sample_mask(len(cells), sm.params.attribution_cells_per_well, plate, well, sample["seed"])
 splits = pd.read_csv(sm.input.split, sep="\t", dtype=str)
 row = well_split(splits, plate, well, source=sm.input.split)
 target = target_class_index(sm.params.target_class, row["treatment"], meta["classes"])
 settings = dict(sm.params.attribution)
 method = settings["attribution_method"]
 fill = np.load(sm.input.fill)
-if len(fill) == 0 and (sm.params.audit or method == "integrated_gradients"):
+if len(fill) == 0 and (sm.params.audit or method == "integrated_gradients" or context == "cell"):
     raise InputError(
         f"{sm.input.fill}: the plate's neutral fill is empty (no background in its reference sites)"
     )
 # Integrated gradients start from "nothing here": the fill's mean intensity per channel.
-profiler = build_profiler(model, store.crop_shape, settings, sm.params.voxel_size, fill)
+profiler = build_profiler(model, crop_shape, settings, sm.params.voxel_size, fill)
 layer, smoothing = profiler.target_layer, profiler.smoothing_sigma
 log.info(
-    "%d cells, crop shape %s, %s at %s (map %s) for the %s class",
-    len(store),
-    store.crop_shape,
+    "%d cells (%d mapped: profile.attribution_cells_per_well %s), crop shape %s, %s at %s (map %s) "
+    "for the %s class",
+    len(cells),
+    int(mapped.sum()),
+    sm.params.attribution_cells_per_well,
+    crop_shape,
     method
     + (f" ({settings['ig_steps']} steps from the fill's mean)" if method == "integrated_gradients" else "")
     + (
@@ -68,7 +117,7 @@ log.info(
     profiler.target_layer,
     "full resolution"
     if profiler.target_layer == "input"
-    else "x".join(map(str, map_shapes(model, store.crop_shape)[layer])),
+    else "x".join(map(str, map_shapes(model, crop_shape)[layer])),
     sm.params.target_class,
 )
 penalty = meta.get("config", {}).get("attention_penalty") or {}
@@ -82,33 +131,44 @@ if penalty.get("weight", 0) > 0 and penalty.get("method") == method:
     )
 
 
-if not sm.params.audit:
-    fill = None
-
-
 def run(cams_out=None):
-    result = profile_store(
-        profiler,
-        store,
-        target,
+    # Pass 2: the crops, made from each site as it is read, one batch ahead of the model.
+    batches = crop_batches(
+        sites,
+        cells,
+        crop_shape,
         sm.params.batch_size,
+        normalization=norm,
+        bounds=bounds,
+        context_fill=fill if context == "cell" else None,
+        cell_margin=cell_margin,
+        seed=fill_seed,
+    )
+    result = profile_batches(
+        profiler,
+        prefetched(batches),
+        cells,
+        crop_shape,
+        len(images.channels),
+        target,
         device,
         cams_out,
-        fill=fill,
-        cell_margin=sm.params.cell_margin,
-        seed=sm.params.fill_seed,
+        fill=fill if sm.params.audit else None,
+        cell_margin=cell_margin,
+        seed=fill_seed,
+        mapped=mapped,
     )
     table = profile_table_of(
-        result, store.cells, row["split"], meta["classes"], sm.params.channels, sm.params.min_evidence
+        result, cells, row["split"], meta["classes"], sm.params.channels, sm.params.min_evidence
     )
     write_profile_table(table, sm.output.table)
     return table
 
 
 if "attributions" in sm.output.keys():
-    cams_shape = (len(store), *store.crop_shape)
+    cams_shape = (len(cells), *crop_shape)
     with atomic_path(sm.output.attributions) as tmp:
-        if len(store):
+        if len(cells):
             cams = np.lib.format.open_memmap(tmp, "w+", np.float16, cams_shape)
             table = run(cams)
             cams.flush()
@@ -118,7 +178,7 @@ if "attributions" in sm.output.keys():
             table = run()
 else:
     table = run()
-if fill is not None and len(table):
+if sm.params.audit and len(table):
     log.info(
         "audit: mean reliance on the cell %.3f, on its context %.3f",
         table["Metadata_CellReliance"].mean(),

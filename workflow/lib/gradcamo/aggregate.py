@@ -21,6 +21,7 @@ from gradcamo.columns import (
     AUDIT_RELIANCE_COLUMNS,
     BACKGROUND_PREFIX,
     GRADCAMO_COLUMN,
+    SAMPLED_COLUMN,
     UNIFORM_COLUMN,
 )
 from gradcamo.errors import InputError
@@ -47,6 +48,7 @@ PER_CELL_COLUMNS = (
     "Metadata_Predicted",
     "Metadata_Probability",
     GRADCAMO_COLUMN,
+    SAMPLED_COLUMN,
     *ATTENTION_COLUMNS.values(),
     UNIFORM_COLUMN,
     *AUDIT_RELIANCE_COLUMNS.values(),
@@ -182,9 +184,11 @@ def well_profiles(cells: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     -------
     One row per well, sorted by plate and well: the well-level metadata columns (those
     constant within every well, e.g. treatment, concentration, control, split),
-    ``Metadata_Cell_Count``, ``Metadata_GradCAMO_Median`` and ``Metadata_GradCAMO_Above``
-    (share of the well's scored cells above ``threshold``, NaN without scored cells), then
-    the median of every feature (float32).
+    ``Metadata_Cell_Count``, ``Metadata_GradCAMO_Count`` (the cells with a score: the
+    attribution sample's, ``profile.attribution_cells_per_well``, with evidence),
+    ``Metadata_GradCAMO_Median`` and ``Metadata_GradCAMO_Above`` (share of the well's scored
+    cells above ``threshold``, NaN without scored cells), then the median of every feature
+    (float32) over every cell.
     """
     features = feature_columns(cells)
     groups = cells.groupby(list(WELL_KEYS), sort=True, observed=True)
@@ -199,6 +203,9 @@ def well_profiles(cells: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     meta = groups[constant].first() if constant else groups.size().to_frame().iloc[:, :0]
     score = cells["Metadata_GradCAMO"]
     meta["Metadata_Cell_Count"] = groups.size().astype(np.int64)
+    meta["Metadata_GradCAMO_Count"] = (
+        score.notna().groupby([cells[k] for k in WELL_KEYS], sort=True).sum().astype(np.int64)
+    )
     meta["Metadata_GradCAMO_Median"] = score.groupby([cells[k] for k in WELL_KEYS], sort=True).median()
     above = (score > threshold).astype(np.float64).where(score.notna())
     meta["Metadata_GradCAMO_Above"] = above.groupby([cells[k] for k in WELL_KEYS], sort=True).mean()

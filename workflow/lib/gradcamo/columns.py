@@ -24,8 +24,13 @@ SHUFFLED_COLUMN = "Metadata_GradCAMO_Shuffled"
 EVIDENCE_COLUMN = "Metadata_AttributionEvidence"
 #: Why a cell's Grad-CAMO is NaN (:data:`UNDEFINED_REASONS`); empty (null) where it is defined.
 UNDEFINED_COLUMN = "Metadata_GradCAMO_Undefined"
+#: Whether a cell was in its well's attribution sample (``profile.attribution_cells_per_well``):
+#: only those carry a map, Grad-CAMO, its baselines and the audit; every cell has its
+#: embedding and prediction.
+SAMPLED_COLUMN = "Metadata_AttributionSampled"
 #: The reasons, in the order they are checked.
 UNDEFINED_REASONS = {
+    "not_sampled": "not in the well's attribution sample (profile.attribution_cells_per_well)",
     "no_attention": "the map is zero everywhere",
     "baseline_is_class": (
         "too little evidence: the empty baseline crop is itself predicted as the explained class"

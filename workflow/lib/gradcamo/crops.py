@@ -15,6 +15,12 @@ first the cell tables from the label images (so the number of cells is known), t
 crops of each site straight into the memory-mapped store -- so peak memory is one site's
 z-stack plus its crops, whatever the number of sites.
 
+A store need not hold every cell: training reads a bounded sample per well (the DeepProfiler
+practice), so a store keeps a seeded sample of ``cells_per_well`` cells (:func:`sample_order`)
+and the profile stage crops every cell from the site images as it goes
+(:func:`crop_batches`), the same crops to the last bit (:func:`store_precision`). A screen's
+intermediate files are then bounded by wells x ``cells_per_well``, not by its cells.
+
 Axes: z-stacks ``(Z, C, Y, X)``, labels ``(Z, Y, X)``, crops ``(N, C, Z, Y, X)``, masks
 ``(N, Z, Y, X)``.
 """
@@ -23,7 +29,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping, Sequence
+import queue
+import threading
+import zlib
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -244,6 +253,144 @@ def crop_cells(
     return images, masks
 
 
+def store_precision(images: np.ndarray) -> np.ndarray:
+    """``images`` rounded to the crop store's float16 and back to float32: a cell cropped on
+    the fly is then the same, to the last bit, as the cell read from a store."""
+    return np.asarray(images, np.float16).astype(np.float32)
+
+
+def sample_order(n_cells: int, plate: str, well: str, seed: int) -> np.ndarray:
+    """A seeded order of a well's ``n_cells`` cells (a permutation of ``0..n-1``).
+
+    The crop store keeps its first ``crops.sample.cells_per_well`` cells and the profile
+    stage maps its first ``profile.attribution_cells_per_well``: the smaller sample is part of
+    the larger, so every mapped cell of a store's well is in the store. Seeded by
+    ``(seed, plate, well)`` (a CRC of the names, stable across runs and machines), so wells
+    draw independent samples and a well's sample does not depend on the others.
+    """
+    key = zlib.crc32(f"{plate}/{well}".encode())
+    return np.random.default_rng([int(seed), key]).permutation(int(n_cells))
+
+
+def sample_mask(n_cells: int, cells_per_well: int | None, plate: str, well: str, seed: int) -> np.ndarray:
+    """``(n_cells,)`` bool: the cells among the first ``cells_per_well`` of
+    :func:`sample_order`; every cell when ``cells_per_well`` is None or not below ``n_cells``."""
+    keep = np.ones(int(n_cells), bool)
+    if cells_per_well is not None and cells_per_well < n_cells:
+        keep[:] = False
+        keep[sample_order(n_cells, plate, well, seed)[: int(cells_per_well)]] = True
+    return keep
+
+
+def site_bounds(zstack: np.ndarray, normalization: Mapping, bounds: np.ndarray | None) -> np.ndarray:
+    """A site's ``(C, 2)`` normalisation bounds: its own percentiles (scope ``site``) or the
+    plate's ``bounds`` (scope ``plate``)."""
+    if normalization["scope"] == "site":
+        lower, upper = float(normalization["lower_percentile"]), float(normalization["upper_percentile"])
+        return percentile_bounds(zstack, lower, upper)
+    return np.asarray(bounds, dtype=np.float64)
+
+
+def crop_batches(
+    sites: Sequence[SiteSource],
+    cells: pd.DataFrame,
+    crop_shape: Sequence[int],
+    batch_size: int,
+    *,
+    normalization: Mapping,
+    bounds: np.ndarray | None = None,
+    context_fill: np.ndarray | None = None,
+    cell_margin: int = 0,
+    seed: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The crops of a well's ``cells``, cropped from its sites as they are read, in batches.
+
+    ``cells``: rows of :func:`well_cell_table` (site order, then object number), the cells to
+    crop; arguments as :func:`write_well_store`'s. Yields ``(images (n, C, Z, Y, X) float32
+    at the store's precision, masks (n, Z, Y, X) uint8)`` of ``batch_size`` cells (the last
+    batch fewer), in the order of ``cells``: the same batches :func:`gradcamo.store.CropStore`
+    slices give for a store of these cells. Sites without listed cells are not read; memory
+    is one site's z-stack and one batch.
+    """
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    pending = 0
+    for site in sites:
+        here = cells[cells["Metadata_Site"] == site.site]
+        if not len(here):
+            continue
+        zstack, labels = site.arrays()
+        bounds_here = site_bounds(zstack, normalization, bounds)
+        lo = 0
+        while lo < len(here):
+            take = min(batch_size - pending, len(here) - lo)
+            block, block_masks = crop_cells(
+                zstack,
+                labels,
+                here.iloc[lo : lo + take],
+                crop_shape,
+                bounds_here,
+                context_fill,
+                cell_margin,
+                seed,
+            )
+            images.append(store_precision(block))
+            masks.append(block_masks)
+            pending, lo = pending + take, lo + take
+            if pending == batch_size:
+                yield np.concatenate(images), np.concatenate(masks)
+                images, masks, pending = [], [], 0
+        del zstack, labels
+    if pending:
+        yield np.concatenate(images), np.concatenate(masks)
+
+
+def prefetched(items: Iterable, depth: int = 1) -> Iterator:
+    """``items``, produced up to ``depth`` ahead in a background thread.
+
+    So that reading and cropping the next batch (file reads and NumPy, which release the GIL)
+    overlaps the model's pass over this one. Written here rather than with a
+    ``torch.utils.data.DataLoader`` worker: a worker process would copy each batch through
+    shared memory, and one thread is all the overlap needs. An exception in the thread is
+    raised here, at the item where it happened.
+    """
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone
+
+    def produce():
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            put((done, error))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 # -------------------------------------------------------------------------- file level
 
 
@@ -296,6 +443,32 @@ def well_cell_table(
     return table.reindex(columns=CELL_COLUMNS), totals
 
 
+def without_flagged_sites(
+    records: Sequence[Mapping], segmentation_qc: pd.DataFrame, well: str, drop: bool
+) -> tuple[list[Mapping], pd.DataFrame]:
+    """A well's site records less those the segmentation QC flags, when ``drop``
+    (``crops.filters.drop_flagged_sites``); returns ``(records, the well's flagged QC rows)``.
+    """
+    flagged = segmentation_qc[segmentation_qc["flagged"] & (segmentation_qc["well"] == well)]
+    if drop and len(flagged):
+        records = [r for r in records if r["site"] not in set(flagged["site"])]
+    return list(records), flagged
+
+
+def normalization_record(
+    normalization: Mapping, bounds: np.ndarray | None, context: str, cell_margin: int
+) -> dict:
+    """How a well's crops were normalised, as a store records it (and a checkpoint keeps);
+    ``bounds``: the plate's (scope ``plate``), or a dict filled per site (scope ``site``)."""
+    return {
+        "method": "percentile",
+        **dict(normalization),
+        "bounds": {} if normalization["scope"] == "site" else np.asarray(bounds).tolist(),
+        "context": context,
+        "cell_margin": int(cell_margin) if context == "cell" else None,
+    }
+
+
 def write_well_store(
     out_dir: str | os.PathLike,
     sites: Sequence[SiteSource],
@@ -310,6 +483,8 @@ def write_well_store(
     context_fill: np.ndarray | None = None,
     cell_margin: int = 0,
     seed: int = 0,
+    cells_per_well: int | None = None,
+    sample_seed: int = 0,
 ) -> dict:
     """Write one well's crop store (:class:`gradcamo.store.CropStore` format) atomically.
 
@@ -327,10 +502,13 @@ def write_well_store(
     filters: ``min_volume``, ``max_volume``, ``drop_border``.
     context: ``"full"`` (the crop as imaged) or ``"cell"`` (everything outside the cell of
         interest replaced by ``context_fill``, see :func:`crop_cells`).
+    cells_per_well, sample_seed: keep only the first ``cells_per_well`` cells of the well's
+        :func:`sample_order` (in site and object order), None: every cell
+        (``crops.sample``). The store records the sample and the well's number of cells.
 
     Returns
     -------
-    A summary: filter counts, ``n_cells`` written.
+    A summary: filter counts, ``well_cells`` (after the filters), ``n_cells`` written.
 
     Raises
     ------
@@ -359,16 +537,19 @@ def write_well_store(
         counts.get("border", 0),
         len(table),
     )
-    lower, upper = float(normalization["lower_percentile"]), float(normalization["upper_percentile"])
-    record = {
-        "method": "percentile",
-        **dict(normalization),
-        "bounds": {} if scope == "site" else np.asarray(bounds).tolist(),
-        "context": context,
-        "cell_margin": int(cell_margin) if context == "cell" else None,
-    }
+    well_cells = len(table)
+    table = table[sample_mask(well_cells, cells_per_well, metadata["plate"], metadata["well"], sample_seed)]
+    if len(table) < well_cells:
+        log.info(
+            "crops.sample: %d of the well's %d cells kept in its store (seed %d)",
+            len(table),
+            well_cells,
+            sample_seed,
+        )
+    record = normalization_record(normalization, bounds, context, cell_margin)
+    sample = {"cells_per_well": cells_per_well, "seed": int(sample_seed), "well_cells": int(well_cells)}
     with atomic_path(out_dir) as tmp:
-        writer = CropStoreWriter(tmp, len(table), channels, crop_shape, record)
+        writer = CropStoreWriter(tmp, len(table), channels, crop_shape, record, sample=sample)
         for site in sites:
             zstack, labels = site.arrays()
             for axis, size, extent in zip(AXES, crop_shape, labels.shape):
@@ -383,18 +564,16 @@ def write_well_store(
                         100 * (1 - extent / size),
                         axis,
                     )
+            bounds_here = site_bounds(zstack, normalization, bounds)
             if scope == "site":
-                site_bounds = percentile_bounds(zstack, lower, upper)
-                record["bounds"][str(site.site)] = site_bounds.tolist()
-            else:
-                site_bounds = np.asarray(bounds, dtype=np.float64)
+                record["bounds"][str(site.site)] = bounds_here.tolist()
             cells = table[table["Metadata_Site"] == site.site]
             images, masks = crop_cells(
                 zstack,
                 labels,
                 cells,
                 crop_shape,
-                site_bounds,
+                bounds_here,
                 context_fill if context == "cell" else None,
                 cell_margin,
                 seed,
@@ -404,4 +583,4 @@ def write_well_store(
             del zstack, labels, images, masks
         writer.normalization = record
         writer.close(table)
-    return {**counts, "n_cells": int(len(table))}
+    return {**counts, "well_cells": int(well_cells), "n_cells": int(len(table))}

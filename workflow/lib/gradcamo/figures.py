@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -533,6 +534,22 @@ def cam_gallery_figure(
     return figure
 
 
+def stored_cells(rows: pd.DataFrame, crop_stores: Mapping[tuple[str, str], str | os.PathLike]) -> np.ndarray:
+    """``(len(rows),)`` bool: which cells of a single-cell table are in their well's crop store
+    (a store keeps the well's training sample, ``crops.sample``), by site and object number."""
+    import pyarrow.parquet as pq
+
+    keys = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_ObjectNumber"]
+    tables = [
+        pq.read_table(Path(path) / "cells.parquet", columns=keys).to_pandas() for path in crop_stores.values()
+    ]
+    if not tables or not len(rows):
+        return np.zeros(len(rows), bool)
+    stored = pd.concat(tables, ignore_index=True).astype({"Metadata_Plate": str, "Metadata_Well": str})
+    cells = rows[keys].astype({"Metadata_Plate": str, "Metadata_Well": str})
+    return pd.MultiIndex.from_frame(cells).isin(pd.MultiIndex.from_frame(stored[keys]))
+
+
 def read_gallery_cells(
     rows: pd.DataFrame,
     crop_stores: Mapping[tuple[str, str], str | os.PathLike],
@@ -543,15 +560,17 @@ def read_gallery_cells(
     Parameters
     ----------
     rows: single-cell table rows with ``Metadata_Plate``, ``Metadata_Well``,
-        ``Metadata_ProfileRow`` (the cell's index in its crop store and ``.attributions.npy``),
+        ``Metadata_Site``, ``Metadata_ObjectNumber`` (the cell in its crop store),
+        ``Metadata_ProfileRow`` (its index in ``.attributions.npy``),
         ``Metadata_Treatment`` and ``Metadata_GradCAMO``.
     crop_stores: ``(plate, well) -> crop store folder``.
     cam_files: ``(plate, well) -> .attributions.npy`` ``(N, Z, Y, X)``, or ``None``.
 
     Raises
     ------
-    InputError: a well's crop store or attribution map file is missing, or holds fewer cells than
-        the profile table says.
+    InputError: a well's crop store or attribution map file is missing, a cell is not in its
+        well's store (:func:`stored_cells` says which are), or a map file holds fewer cells
+        than the profile table says.
     """
     from gradcamo.store import CropStore
 
@@ -563,15 +582,23 @@ def read_gallery_cells(
         if key not in crop_stores:
             raise InputError(f"no crop store given for well {key[0]}/{key[1]}")
         if key not in stores:
-            stores[key] = CropStore.open(crop_stores[key])
-        store, index = stores[key], int(row.Metadata_ProfileRow)
-        if index >= len(store):
-            raise InputError(
-                f"{store.path}: has {len(store)} cells, the profile table refers to cell {index}"
+            store = CropStore.open(crop_stores[key])
+            position = pd.Series(
+                np.arange(len(store)),
+                index=pd.MultiIndex.from_frame(store.cells[["Metadata_Site", "Metadata_ObjectNumber"]]),
             )
-        image, mask = store[index]
+            stores[key] = (store, position)
+        store, position = stores[key]
+        cell = (int(row.Metadata_Site), int(row.Metadata_ObjectNumber))
+        if cell not in position.index:
+            raise InputError(
+                f"{store.path}: site {cell[0]} object {cell[1]} is not in the store (crops.sample keeps "
+                f"{len(store)} cells of the well)"
+            )
+        image, mask = store[int(position[cell])]
         cam = None
         if cam_files is not None:
+            index = int(row.Metadata_ProfileRow)
             if key not in cam_files:
                 raise InputError(f"no attribution map file given for well {key[0]}/{key[1]}")
             if key not in cams:

@@ -351,6 +351,15 @@ class GradCamProfiler:
         out = {"embedding": embedding.detach(), "logits": logits.detach(), "target": target, "cam": cam}
         return self._with_evidence(out, x)
 
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, target: str | torch.Tensor = "predicted") -> dict[str, torch.Tensor]:
+        """What :meth:`__call__` returns but the map, from one forward pass: for the cells
+        outside the attribution sample (``profile.attribution_cells_per_well``)."""
+        embedding = run_steps([*self._trunk, *self._tail], x).flatten(1)
+        logits = self.model._fc(self.model._dropout(embedding))
+        out = {"embedding": embedding, "logits": logits, "target": _targets(target, logits)}
+        return self._with_evidence(out, x)
+
     def baseline_probabilities(self, like: torch.Tensor) -> torch.Tensor:
         """``(K,)`` class probabilities of the baseline crop (every voxel at the baseline's
         intensities, shaped like one cell of ``like``); one forward, cached per crop shape."""

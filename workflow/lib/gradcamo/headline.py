@@ -67,6 +67,10 @@ def headline(summary: dict) -> dict | None:
     undefined = scores.get("undefined") or {}
     out["no_evidence"] = undefined.get("baseline_is_class", 0) + undefined.get("low_evidence", 0)
     out["n_scored"] = scores.get("n_scored")
+    sample = summary.get("attribution_sample") or {}
+    out["attribution_sample"] = (
+        {"mapped": sample.get("mapped"), "cells": sample.get("cells")} if sample.get("sampled") else None
+    )
     checks = summary.get("checks") or {}
     out["randomisation"] = _randomisation(checks.get("randomisation"))
     out["planted"] = _planted(checks.get("planted"))

@@ -1,6 +1,6 @@
-"""Single-cell profiles of a well: run the Grad-CAM profiler over a crop store, build the table.
+"""Single-cell profiles of a well: run the Grad-CAM profiler over its cells, build the table.
 
-A profile table has one row per cell, in crop-store order::
+A profile table has one row per cell, in the well's cell-table order (site, then object)::
 
     Metadata_*             the crop store's cell table, unchanged
     Metadata_Split         the well's split (train / val / test)
@@ -10,9 +10,12 @@ A profile table has one row per cell, in crop-store order::
                            where the map has too little evidence to share out)
     Metadata_AttributionEvidence  p(crop) - p(baseline crop) of the explained class: the
                            evidence the map shares out (float32; NaN without a baseline)
-    Metadata_GradCAMO_Undefined   why Grad-CAMO is NaN (``no_attention``, ``baseline_is_class``,
-                           ``low_evidence``; :data:`gradcamo.columns.UNDEFINED_REASONS`), null
-                           where it is defined
+    Metadata_GradCAMO_Undefined   why Grad-CAMO is NaN (``not_sampled``, ``no_attention``,
+                           ``baseline_is_class``, ``low_evidence``;
+                           :data:`gradcamo.columns.UNDEFINED_REASONS`), null where it is defined
+    Metadata_AttributionSampled   whether the cell is in its well's attribution sample
+                           (``profile.attribution_cells_per_well``; bool): only those carry
+                           Grad-CAMO, the attention shares, their baselines and the audit
     Metadata_Attribution_NeighbourShare   share of the map on other cells in the crop (float32)
     Metadata_Attribution_BackgroundShare  share of the map outside every cell (float32); with
                            Grad-CAMO they sum to 1: where the model looks instead of the cell
@@ -44,7 +47,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,6 +61,7 @@ from gradcamo.columns import (
     AUDIT_PREDICTION_COLUMNS,
     AUDIT_RELIANCE_COLUMNS,
     EVIDENCE_COLUMN,
+    SAMPLED_COLUMN,
     SHUFFLED_COLUMN,
     UNDEFINED_COLUMN,
     UNIFORM_COLUMN,
@@ -104,6 +108,7 @@ def profile_table(
     shuffled: np.ndarray | None = None,
     evidence: np.ndarray | None = None,
     undefined: Sequence[str | None] | None = None,
+    mapped: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Assemble a well's profile table (see the module docstring for its columns).
 
@@ -124,6 +129,7 @@ def profile_table(
     shuffled: ``(N,)`` Grad-CAMO of each cell's mask on another cell's map; None: NaN.
     evidence: ``(N,)`` the evidence each map shares out; None: NaN.
     undefined: ``(N,)`` why each score is NaN, None where defined (:func:`gate_by_evidence`).
+    mapped: ``(N,)`` bool, the cells in the attribution sample; None: every cell.
     """
     n = len(cells)
     embedding = np.asarray(embedding, dtype=np.float32)
@@ -148,6 +154,7 @@ def profile_table(
                 np.full(n, np.nan) if evidence is None else evidence, dtype=np.float32
             ),
             UNDEFINED_COLUMN: pd.Series([None] * n if undefined is None else list(undefined), dtype=object),
+            SAMPLED_COLUMN: np.ones(n, bool) if mapped is None else np.asarray(mapped, bool),
             **{
                 column: np.asarray((attention or {}).get(name, np.full(n, np.nan)), dtype=np.float32)
                 for name, column in ATTENTION_COLUMNS.items()
@@ -162,7 +169,7 @@ def profile_table(
             },
             **{
                 column: pd.Series(
-                    np.asarray(classes, object)[audit[name]] if audit else [None] * n,
+                    class_names(audit[name], classes) if audit else [None] * n,
                     dtype=object,
                 )
                 for name, column in AUDIT_PREDICTION_COLUMNS.items()
@@ -181,12 +188,20 @@ def profile_table(
     return pd.concat([metadata, ours, features], axis=1)
 
 
+def class_names(indices: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """``(N,)`` object array of the class names of ``indices``; None where an index is -1."""
+    indices = np.asarray(indices, np.int64)
+    names = np.asarray([*classes, None], object)
+    return names[np.where(indices < 0, len(classes), indices)]
+
+
 def gate_by_evidence(
     scores: np.ndarray,
     evidence: np.ndarray | None,
     explained: np.ndarray | None,
     baseline_class: np.ndarray | None,
     min_evidence: float,
+    mapped: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[str | None]]:
     """Grad-CAMO where the map had evidence to share out, NaN elsewhere, and why.
 
@@ -197,6 +212,8 @@ def gate_by_evidence(
     explained, baseline_class: ``(N,)`` the class each map explains and the class the
         baseline crop is predicted as.
     min_evidence: the least evidence at which a score is kept (``profile.min_evidence``).
+    mapped: ``(N,)`` bool, the cells in the attribution sample; the others are
+        ``not_sampled``. None: every cell.
 
     Returns ``(scores, reasons)``: a float64 copy with NaN where undefined, and per cell
     ``None`` or one key of :data:`gradcamo.columns.UNDEFINED_REASONS`.
@@ -204,8 +221,12 @@ def gate_by_evidence(
     scores = np.array(scores, dtype=np.float64)
     reasons: list[str | None] = [None] * len(scores)
     weak = np.zeros(len(scores), bool) if evidence is None else ~(np.asarray(evidence) >= min_evidence)
+    unmapped = np.zeros(len(scores), bool) if mapped is None else ~np.asarray(mapped, bool)
     for i in range(len(scores)):
-        if not np.isfinite(scores[i]):
+        if unmapped[i]:
+            reasons[i] = "not_sampled"
+            scores[i] = np.nan
+        elif not np.isfinite(scores[i]):
             reasons[i] = "no_attention"
         elif weak[i]:
             same = baseline_class is not None and explained is not None and baseline_class[i] == explained[i]
@@ -230,6 +251,7 @@ def profile_table_of(
         result.get("explained"),
         result.get("baseline_class"),
         min_evidence,
+        result.get("mapped"),
     )
     return profile_table(
         cells,
@@ -246,6 +268,7 @@ def profile_table_of(
         result.get("shuffled"),
         result.get("evidence"),
         reasons,
+        result.get("mapped"),
     )
 
 
@@ -317,30 +340,45 @@ def split_stores(wells: pd.DataFrame, store_files: Sequence[str], source: str = 
 
 
 def check_store_matches(meta: dict[str, Any], store: CropStore, checkpoint: str | os.PathLike) -> None:
-    """Raise :class:`InputError` if a checkpoint's channels or crop shape differ from a store's.
+    """:func:`check_crops_match` for a crop store."""
+    check_crops_match(
+        meta, store.channels, store.crop_shape, store.normalization, f"crop store {store.path}", checkpoint
+    )
+
+
+def check_crops_match(
+    meta: dict[str, Any],
+    channels: Sequence[str],
+    crop_shape: Sequence[int],
+    normalization: dict | None,
+    source: str,
+    checkpoint: str | os.PathLike,
+) -> None:
+    """Raise :class:`InputError` if a checkpoint's channels or crop shape differ from those of
+    the crops ``source`` (named in the message) gives.
 
     A different normalisation method (scope, reference, percentiles, context) is only logged
     as a warning (same channels and shape still run); the bounds themselves differ from plate
     to plate (and from site to site) by design and are not compared.
     """
-    channels, shape = list(meta["channels"]), tuple(int(s) for s in meta["crop_shape"])
-    if channels != list(store.channels) or shape != tuple(store.crop_shape):
+    trained, shape = list(meta["channels"]), tuple(int(s) for s in meta["crop_shape"])
+    if trained != list(channels) or shape != tuple(crop_shape):
         raise InputError(
-            f"checkpoint {checkpoint} was trained on channels {channels} and crop shape "
-            f"{shape} (Z, Y, X), but crop store {store.path} has channels {list(store.channels)} "
-            f"and crop shape {tuple(store.crop_shape)}"
+            f"checkpoint {checkpoint} was trained on channels {trained} and crop shape "
+            f"{shape} (Z, Y, X), but {source} has channels {list(channels)} "
+            f"and crop shape {tuple(crop_shape)}"
         )
 
-    def method(normalization):
-        return {k: v for k, v in (normalization or {}).items() if k != "bounds"}
+    def method(record):
+        return {k: v for k, v in (record or {}).items() if k != "bounds"}
 
-    if method(meta.get("normalization")) != method(store.normalization):
+    if method(meta.get("normalization")) != method(normalization):
         log.warning(
-            "checkpoint %s normalisation %s differs from crop store %s normalisation %s",
+            "checkpoint %s normalisation %s differs from %s normalisation %s",
             checkpoint,
             meta.get("normalization"),
-            store.path,
-            store.normalization,
+            source,
+            normalization,
         )
 
 
@@ -400,116 +438,206 @@ def profile_store(
     fill: np.ndarray | None = None,
     cell_margin: int = 1,
     seed: int = 0,
+    mapped: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run the profiler, and the audit, over every cell of a crop store, batch by batch.
+    """:func:`profile_batches` over every cell of a crop store, ``batch_size`` at a time."""
+    batches = (
+        (
+            np.asarray(store.images[lo : lo + batch_size], np.float32),
+            np.array(store.masks[lo : lo + batch_size]),
+        )
+        for lo in range(0, len(store), batch_size)
+    )
+    return profile_batches(
+        profiler,
+        batches,
+        store.cells,
+        store.crop_shape,
+        len(store.channels),
+        target,
+        device,
+        cams_out,
+        fill,
+        cell_margin,
+        seed,
+        mapped,
+    )
+
+
+def profile_batches(
+    profiler: GradCamProfiler,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    cells: pd.DataFrame,
+    crop_shape: Sequence[int],
+    n_channels: int,
+    target: str | int = "predicted",
+    device: str | torch.device = "cpu",
+    cams_out: np.ndarray | None = None,
+    fill: np.ndarray | None = None,
+    cell_margin: int = 1,
+    seed: int = 0,
+    mapped: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Run the profiler, and the audit, over a well's cells, batch by batch.
 
     Parameters
     ----------
     profiler: the Grad-CAM profiler (its model already on ``device``).
-    store: the well's crop store.
+    batches: ``(images (n, C, Z, Y, X) float32, masks (n, Z, Y, X) uint8)`` of the cells of
+        ``cells`` in order (a store's slices, :func:`profile_store`, or crops made from the
+        site images as they are read, :func:`gradcamo.crops.crop_batches`).
+    cells: the well's cell table, N rows (the audit's seeds come from its site and object
+        numbers).
+    crop_shape: ``(Z, Y, X)``; n_channels: C.
     target: ``"predicted"`` or one class index for every cell.
-    batch_size: cells per forward/backward pass.
     cams_out: optional writable ``(N, Z, Y, X)`` array (e.g. a float16 memmap) that receives
         the upsampled Grad-CAM maps, each scaled to a maximum of 1 (all-zero maps stay 0).
     fill: ``(M, C)`` neutral fill of the plate (:mod:`gradcamo.context`); None: no audit.
     cell_margin: voxels around the cell mask that count as the cell in the audit and in
         the background statistics.
     seed: of the audit's fill draws (:func:`audit_seeds`).
+    mapped: ``(N,)`` bool, the cells that get a map, Grad-CAMO, its baselines and the audit
+        (the well's attribution sample, :func:`gradcamo.crops.sample_mask`); None: every cell.
+        The others get their embedding, prediction, evidence and background means from one
+        forward pass, NaN (audit classes -1) for the rest, and an all-zero map in ``cams_out``.
 
     Returns
     -------
     dict with ``embedding`` (N×D float32), ``probabilities`` (N×K float32), ``scores``
     ((N,) float64 Grad-CAMO, NaN for all-zero maps) and ``attention`` (``neighbours`` and
     ``background`` shares, (N,) float64 each) and ``uniform`` ((N,) Grad-CAMO of a uniform
-    map: the cell's share of the crop's voxels), ``shuffled`` ((N,) Grad-CAMO of each cell's
-    mask on the next cell's map, the last cell's on the first's; NaN for a single cell),
-    ``background`` ((N, C) background means), ``explained`` ((N,) the class each map
-    explains), with a profiler baseline ``evidence`` ((N,) p(crop) - p(baseline) of that
-    class) and ``baseline_class`` ((N,) the baseline crop's predicted class),
-    and with a fill ``audit``: ``cell`` and ``context`` reliance ((N,) float64) and the
-    classes ``from_cell`` and ``from_context`` ((N,) int64), for the class each map explains.
-    Logs one progress line per batch.
+    map: the cell's share of the crop's voxels), ``shuffled`` ((N,) Grad-CAMO of each mapped
+    cell's mask on the next mapped cell's map, the last one's on the first's; NaN for a
+    single cell), ``background`` ((N, C) background means), ``explained`` ((N,) the class
+    each map explains), ``mapped`` ((N,) bool), with a profiler baseline ``evidence`` ((N,)
+    p(crop) - p(baseline) of that class) and ``baseline_class`` ((N,) the baseline crop's
+    predicted class), and with a fill ``audit``: ``cell`` and ``context`` reliance ((N,)
+    float64) and the classes ``from_cell`` and ``from_context`` ((N,) int64), for the class
+    each map explains. Logs one progress line per batch.
     """
     model = profiler.model
-    n, dim, n_classes = len(store), embedding_dim(model), model._fc.out_features
+    n, dim, n_classes = len(cells), embedding_dim(model), model._fc.out_features
+    crop_shape = tuple(int(s) for s in crop_shape)
+    mapped = np.ones(n, bool) if mapped is None else np.asarray(mapped, bool)
+    if mapped.shape != (n,):
+        raise ValueError(f"mapped has shape {mapped.shape}, expected ({n},)")
     out = {
         "embedding": np.zeros((n, dim), np.float32),
         "probabilities": np.zeros((n, n_classes), np.float32),
-        "scores": np.zeros(n, np.float64),
-        "attention": {name: np.zeros(n, np.float64) for name in ATTENTION_COLUMNS},
-        "uniform": np.zeros(n, np.float64),
+        "scores": np.full(n, np.nan),
+        "attention": {name: np.full(n, np.nan) for name in ATTENTION_COLUMNS},
+        "uniform": np.full(n, np.nan),
         "shuffled": np.full(n, np.nan),
-        "background": np.zeros((n, len(store.channels)), np.float64),
+        "background": np.zeros((n, n_channels), np.float64),
         "explained": np.zeros(n, np.int64),
+        "mapped": mapped,
     }
     if profiler.baseline is not None:
         out["evidence"] = np.full(n, np.nan)
         out["baseline_class"] = np.zeros(n, np.int64)
-    # The shuffled baseline pairs each cell's mask with the next cell's map. Batches come one
-    # after another, so the last mask of a batch waits for the next batch's first map, and
-    # the well's last mask for its first map (kept from the first batch).
-    first_map, waiting = None, None
+    # The shuffled baseline pairs each mapped cell's mask with the next mapped cell's map.
+    # Batches come one after another, so the last mask of a batch waits (at its index) for
+    # the next batch's first map, and the well's last mask for its first map.
+    first_map, waiting, waiting_at = None, None, -1
     if fill is not None:
         out["audit"] = {
-            **{name: np.zeros(n, np.float64) for name in AUDIT_RELIANCE_COLUMNS},
-            **{name: np.zeros(n, np.int64) for name in AUDIT_PREDICTION_COLUMNS},
+            **{name: np.full(n, np.nan) for name in AUDIT_RELIANCE_COLUMNS},
+            **{name: np.full(n, -1, np.int64) for name in AUDIT_PREDICTION_COLUMNS},
         }
-        seeds = audit_seeds(store.cells, seed)
-    if cams_out is not None and tuple(cams_out.shape) != (n, *store.crop_shape):
-        raise ValueError(f"cams_out has shape {cams_out.shape}, expected {(n, *store.crop_shape)}")
-    n_batches = -(-n // batch_size)
+        seeds = audit_seeds(cells, seed)
+    if cams_out is not None and tuple(cams_out.shape) != (n, *crop_shape):
+        raise ValueError(f"cams_out has shape {cams_out.shape}, expected {(n, *crop_shape)}")
+    n_mapped = int(mapped.sum())
     start = time.perf_counter()
-    for b, lo in enumerate(range(0, n, batch_size)):
-        hi = min(lo + batch_size, n)
-        images = np.asarray(store.images[lo:hi], np.float32)
-        masks = np.array(store.masks[lo:hi])  # a copy: torch wants writable memory
-        x = torch.from_numpy(images).to(device)
-        mask = torch.from_numpy(masks).to(device)
-        if target == "predicted":
-            result = profiler(x, "predicted")
-        else:
-            result = profiler(x, torch.full((hi - lo,), int(target), device=device))
-        cam = upsample_cam(result["cam"], store.crop_shape)
-        probabilities = torch.softmax(result["logits"].float(), 1)
-        out["embedding"][lo:hi] = result["embedding"].float().cpu().numpy()
-        out["probabilities"][lo:hi] = probabilities.cpu().numpy()
-        out["explained"][lo:hi] = result["target"].cpu().numpy()
-        if "evidence" in result:
-            out["evidence"][lo:hi] = result["evidence"].cpu().numpy()
-            out["baseline_class"][lo:hi] = result["baseline_class"].cpu().numpy()
-        shares = attention_shares(cam, mask)
-        out["scores"][lo:hi] = shares["cell"].cpu().numpy()
-        for name in ATTENTION_COLUMNS:
-            out["attention"][name][lo:hi] = shares[name].cpu().numpy()
-        out["uniform"][lo:hi] = uniform_gradcamo(mask).cpu().numpy()
-        if waiting is not None:
-            out["shuffled"][lo - 1] = gradcamo_score(cam[:1], waiting).cpu().numpy()[0]
-        out["shuffled"][lo : hi - 1] = gradcamo_score(cam[1:], mask[:-1]).cpu().numpy()
-        first_map = cam[:1].clone() if first_map is None else first_map
-        waiting = mask[-1:].clone()
+    lo = 0
+    for b, (images, masks) in enumerate(batches):
+        hi = lo + len(images)
+        if hi > n:
+            raise ValueError(f"the batches hold more than the {n} cells of the cell table")
+        here = np.flatnonzero(mapped[lo:hi])
+        x_all = torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(device)
+        if len(here) < hi - lo:  # one forward for the cells outside the sample
+            rest = np.flatnonzero(~mapped[lo:hi])
+            x_rest = x_all[torch.from_numpy(rest).to(device)]
+            plain = profiler.embed(x_rest, _batch_target(target, len(rest), device))
+            out["embedding"][lo + rest] = plain["embedding"].float().cpu().numpy()
+            out["probabilities"][lo + rest] = torch.softmax(plain["logits"].float(), 1).cpu().numpy()
+            out["explained"][lo + rest] = plain["target"].cpu().numpy()
+            if "evidence" in plain:
+                out["evidence"][lo + rest] = plain["evidence"].cpu().numpy()
+                out["baseline_class"][lo + rest] = plain["baseline_class"].cpu().numpy()
         out["background"][lo:hi] = background_statistics(images, masks, cell_margin)
-        if fill is not None:
-            chosen = probabilities.gather(1, result["target"][:, None])[:, 0].cpu().numpy()
-            without_cell, without_context = counterfactual_crops(
-                images, masks, fill, cell_margin, seeds[lo:hi]
-            )
-            for crops, reliance, predicted in (
-                (without_cell, "cell", "from_context"),
-                (without_context, "context", "from_cell"),
-            ):
-                p, classes = target_probabilities(model, torch.from_numpy(crops).to(device), result["target"])
-                out["audit"][reliance][lo:hi] = chosen - p
-                out["audit"][predicted][lo:hi] = classes
-        if cams_out is not None:
-            # Grad-CAM's scale is arbitrary (tiny for weak gradients, beyond float16 for
-            # strong ones): store each map scaled to a maximum of 1; Grad-CAMO is unchanged.
-            peak = cam.flatten(1).amax(1).clamp(min=torch.finfo(cam.dtype).tiny)
-            cams_out[lo:hi] = (cam / peak[:, None, None, None]).cpu().numpy().astype(cams_out.dtype)
+        if len(here):
+            # All mapped (the default): the batch as it came, so results do not depend on
+            # whether a sample was asked for.
+            whole = len(here) == hi - lo
+            images_m = images if whole else images[here]
+            masks_m = masks if whole else masks[here]
+            x = x_all if whole else x_all[torch.from_numpy(here).to(device)]
+            at = lo + here
+            mask = torch.from_numpy(np.ascontiguousarray(masks_m)).to(device)
+            result = profiler(x, _batch_target(target, len(here), device))
+            cam = upsample_cam(result["cam"], crop_shape)
+            probabilities = torch.softmax(result["logits"].float(), 1)
+            out["embedding"][at] = result["embedding"].float().cpu().numpy()
+            out["probabilities"][at] = probabilities.cpu().numpy()
+            out["explained"][at] = result["target"].cpu().numpy()
+            if "evidence" in result:
+                out["evidence"][at] = result["evidence"].cpu().numpy()
+                out["baseline_class"][at] = result["baseline_class"].cpu().numpy()
+            shares = attention_shares(cam, mask)
+            out["scores"][at] = shares["cell"].cpu().numpy()
+            for name in ATTENTION_COLUMNS:
+                out["attention"][name][at] = shares[name].cpu().numpy()
+            out["uniform"][at] = uniform_gradcamo(mask).cpu().numpy()
+            if waiting is not None:
+                out["shuffled"][waiting_at] = gradcamo_score(cam[:1], waiting).cpu().numpy()[0]
+            out["shuffled"][at[:-1]] = gradcamo_score(cam[1:], mask[:-1]).cpu().numpy()
+            first_map = cam[:1].clone() if first_map is None else first_map
+            waiting, waiting_at = mask[-1:].clone(), int(at[-1])
+            if fill is not None:
+                chosen = probabilities.gather(1, result["target"][:, None])[:, 0].cpu().numpy()
+                without_cell, without_context = counterfactual_crops(
+                    images_m, masks_m, fill, cell_margin, [seeds[i] for i in at]
+                )
+                for crops, reliance, predicted in (
+                    (without_cell, "cell", "from_context"),
+                    (without_context, "context", "from_cell"),
+                ):
+                    p, classes = target_probabilities(
+                        model, torch.from_numpy(crops).to(device), result["target"]
+                    )
+                    out["audit"][reliance][at] = chosen - p
+                    out["audit"][predicted][at] = classes
+            if cams_out is not None:
+                # Grad-CAM's scale is arbitrary (tiny for weak gradients, beyond float16 for
+                # strong ones): store each map scaled to a maximum of 1; Grad-CAMO is unchanged.
+                peak = cam.flatten(1).amax(1).clamp(min=torch.finfo(cam.dtype).tiny)
+                cams_out[at] = (cam / peak[:, None, None, None]).cpu().numpy().astype(cams_out.dtype)
+        if cams_out is not None and len(here) < hi - lo:
+            cams_out[lo + np.flatnonzero(~mapped[lo:hi])] = 0
         elapsed = time.perf_counter() - start
         gap = ""
-        if "completeness_gap" in result:  # integrated gradients: how far its steps are from exact
+        if len(here) and "completeness_gap" in result:  # integrated gradients: its steps vs exact
             gap = f", mean |sum(IG) - (p(x) - p(baseline))| {float(result['completeness_gap'].mean()):.2g}"
-        log.info("batch %d/%d: %d/%d cells, %.1f cells/s%s", b + 1, n_batches, hi, n, hi / elapsed, gap)
-    if n > 1:
-        out["shuffled"][n - 1] = gradcamo_score(first_map, waiting).cpu().numpy()[0]
+        log.info(
+            "batch %d: %d/%d cells (%d/%d mapped), %.1f cells/s%s",
+            b + 1,
+            hi,
+            n,
+            int(mapped[:hi].sum()),
+            n_mapped,
+            hi / elapsed,
+            gap,
+        )
+        lo = hi
+    if lo != n:
+        raise ValueError(f"the batches held {lo} cells, the cell table {n}")
+    if n_mapped > 1:
+        out["shuffled"][waiting_at] = gradcamo_score(first_map, waiting).cpu().numpy()[0]
     return out
+
+
+def _batch_target(target: str | int, n: int, device: str | torch.device) -> str | torch.Tensor:
+    """The profiler's target for ``n`` cells: ``"predicted"`` or the class index for each."""
+    return "predicted" if target == "predicted" else torch.full((n,), int(target), device=device)

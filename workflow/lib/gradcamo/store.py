@@ -5,7 +5,8 @@ A crop store is a folder holding four files, all in the same cell order::
     images.npy     float16 (N, C, Z, Y, X)  per-channel normalised intensities
     masks.npy      uint8   (N, Z, Y, X)     0 background, 1 cell of interest, 2 other cells
     cells.parquet  N rows                   the cell table (``Metadata_*`` columns only)
-    store.json                              channels, crop shape (Z, Y, X), normalisation
+    store.json                              channels, crop shape (Z, Y, X), normalisation,
+                                            the sample (cells per well, seed, the well's cells)
 
 ``.npy`` is read memory-mapped, so one cell is read without loading the well, by any tool
 that reads NumPy files; a plain format needs no extra dependency on a cluster node.
@@ -104,8 +105,10 @@ class CropStoreWriter:
         channels: Sequence[str],
         crop_shape: Sequence[int],
         normalization: dict | None = None,
+        sample: dict | None = None,
     ) -> None:
         self.path = Path(path)
+        self.sample = dict(sample or {})
         self.path.mkdir(parents=True, exist_ok=True)
         self.n_cells = int(n_cells)
         self.channels = list(channels)
@@ -153,5 +156,6 @@ class CropStoreWriter:
             "crop_shape": list(self.crop_shape),
             "normalization": self.normalization,
             "n_cells": self.n_cells,
+            **({"sample": self.sample} if self.sample else {}),
         }
         (self.path / "store.json").write_text(json.dumps(meta, indent=2))

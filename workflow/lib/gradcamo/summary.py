@@ -9,7 +9,13 @@ import pandas as pd
 
 from gradcamo.aggregate import ATTENTION_REGIONS
 from gradcamo.audit_summary import audit_statistics
-from gradcamo.columns import SHUFFLED_COLUMN, UNDEFINED_COLUMN, UNDEFINED_REASONS, UNIFORM_COLUMN
+from gradcamo.columns import (
+    SAMPLED_COLUMN,
+    SHUFFLED_COLUMN,
+    UNDEFINED_COLUMN,
+    UNDEFINED_REASONS,
+    UNIFORM_COLUMN,
+)
 
 
 def gradcamo_statistics(scores: Iterable[float], threshold: float = 0.5) -> dict:
@@ -139,7 +145,9 @@ def summary(
         ``smoothing_sigma``, ``target_layer``, ``target_resolution``), reported as ``attribution``.
     checks: the model checks' summaries (``randomisation``, ``planted``), reported as ``checks``.
 
-    ``gradcamo_by_predicted_class`` and ``gradcamo_by_treatment`` are over the test cells.
+    ``gradcamo_by_predicted_class`` and ``gradcamo_by_treatment`` are over the test cells;
+    ``attribution_sample`` says how many cells carry a map (``profile.attribution_cells_per_well``):
+    every Grad-CAMO and audit statistic is over those.
     """
     test = cells[cells["Metadata_Split"] == "test"]
     by_split = {
@@ -171,6 +179,7 @@ def summary(
             if k in metrics
         },
         "attribution": dict(attribution or {}),
+        "attribution_sample": attribution_sample(cells),
         "gradcamo": gradcamo_with_baseline(cells, threshold),
         "gradcamo_by_split": by_split,
         "gradcamo_by_predicted_class": gradcamo_by(test, "Metadata_Predicted", threshold),
@@ -183,6 +192,21 @@ def summary(
         "mean_average_precision": mean_ap,
         "audit": audit_statistics(cells),
         "checks": dict(checks or {}),
+    }
+
+
+def attribution_sample(cells: pd.DataFrame) -> dict:
+    """How many cells carry an attribution map, Grad-CAMO and the audit (``mapped``) of how
+    many (``cells``), overall and per split; ``sampled``: whether that is a sample."""
+    mapped = cells[SAMPLED_COLUMN].astype(bool) if SAMPLED_COLUMN in cells else pd.Series(True, cells.index)
+    return {
+        "sampled": bool((~mapped).any()),
+        "cells": int(len(cells)),
+        "mapped": int(mapped.sum()),
+        "mapped_by_split": {
+            str(split): int(group.sum())
+            for split, group in mapped.groupby(cells["Metadata_Split"], sort=True)
+        },
     }
 
 
