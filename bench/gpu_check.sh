@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 4 and 5, in one short run on a CUDA node (about 5 minutes on an H100):
-#   1. training throughput, mixed precision off and on, and the data loader (bench_training.py);
-#   2. one-pass Grad-CAM against MONAI per cell and the plain forward (bench_gradcam.py);
+# The GPU checks, in one short run on a CUDA node (about 6 minutes on an H100), at the
+# paper's size (5x21x128x128) and the template's batch sizes (train 32, profile 32):
+#   1. training throughput in float32, in bfloat16, and in bfloat16 with channels_last_3d,
+#      with peak GPU memory, and the data loader's cells/s against the model's: the loader's
+#      share of a step (bench_training.py);
+#   2. the profile pass: the default map (integrated gradients, 8 steps) with and without the
+#      audit, Grad-CAM (the paper's), the plain forward, cells/s and peak memory each
+#      (bench_gradcam.py);
 #   3. real training of the classifier on a finished run's crop stores (train_on_crops.py),
 #      once per argument: each is a set of train overrides, e.g. "norm=group epochs=30".
 # Needs: python3 with torch (CUDA), numpy, pandas, pyarrow, scikit-learn, pyyaml, and MONAI
@@ -21,10 +26,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, monai; print("torch", torch.__version__, "monai", monai.__version__)'
 
 step() { echo; echo "=== $*"; local t0=$SECONDS; "$@"; echo "(exit $?, $((SECONDS - t0)) s)"; }
-step python3 bench/bench_training.py --steps 30 --batch 32
-step python3 bench/bench_training.py --steps 10 --batch 8 --crop 21 128 128 --workers 0 4 8
-step python3 bench/bench_gradcam.py --device cuda --batch 64 --layer _blocks.2 --repeats 10
-step python3 bench/bench_gradcam.py --device cuda --batch 16 --shape 21 128 128 --repeats 10
+step python3 bench/bench_training.py --steps 10 --batch 32 --crop 21 128 128 --workers 0 4 8
+step python3 bench/bench_training.py --steps 10 --batch 8 --crop 21 128 128 --workers 4
+step python3 bench/bench_gradcam.py --device cuda --batch 32 --shape 21 128 128 --layer _blocks.4 --repeats 5
 if [ -d results/crops ]; then
     for overrides in "$@"; do
         # shellcheck disable=SC2086 (one argument holds several KEY=VALUE words)
