@@ -13,7 +13,7 @@ export CELLPOSE_LOCAL_MODELS_PATH ?= $(CURDIR)/resources/cellpose_models
 XDG_CACHE_HOME ?= $(shell d="$${HOME}/.cache"; (mkdir -p "$$d" 2>/dev/null && [ -w "$$d" ]) && echo "$$d" || echo "$(CURDIR)/.snakemake/cache/xdg")
 export XDG_CACHE_HOME
 
-.PHONY: setup fixtures demo demo-confounded report test bench bench-loader bench-crops-paper bench-readers validate lint clean
+.PHONY: setup fixtures demo demo-confounded report test bench bench-loader bench-crops-paper bench-readers bench-screen validate lint clean
 
 setup: $(VENV)/.installed
 
@@ -77,7 +77,13 @@ bench-crops-paper: setup
 bench-readers: setup
 	$(BIN)/python bench/bench_readers.py
 
-bench: setup bench-loader bench-crops-paper bench-readers
+# A screen at the paper's geometry: bytes on disk per profiled cell (every cell stored vs
+# crops.sample), the profile job from a store vs crops made on the fly, the profile pass
+# against its floor, and forwards / GPU-hours per choice of profile.attribution_cells_per_well.
+bench-screen: setup
+	$(BIN)/python bench/bench_screen.py
+
+bench: setup bench-loader bench-crops-paper bench-readers bench-screen
 	$(BIN)/python bench/bench_crops.py
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_penalty.py

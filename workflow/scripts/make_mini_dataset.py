@@ -1,12 +1,15 @@
 """Generate the synthetic 3D Cell Painting mini dataset (command line, not a Snakemake script).
 
     .venv/bin/python workflow/scripts/make_mini_dataset.py --out resources/mini \
-        [--seed 0] [--confounded]
+        [--seed 0] [--confounded] [--geometry mini|paper]
 
 Writes ``OUT/images/*.tif`` (ZCYX uint16 OME-TIFF), ``OUT/labels/*.tif`` (ZYX ground truth)
 and ``OUT/samples.tsv``. ``--confounded`` plants a treatment-coded background pattern (a
 shortcut outside the cells); the bundled ``resources/mini`` is the clean variant, so the
-confounded one must go to another folder.
+confounded one must go to another folder. ``--geometry paper`` writes instead the small
+screen at the paper's geometry (21 x 512 x 512 sites, cells about 62 px across, one plate of
+8 wells and a nearly empty extra site; ``gradcamo.synthetic.PAPER_LAYOUT``) that
+``.test/paper/`` runs the screen template on; it is never bundled.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 from pathlib import Path
 
 from gradcamo.errors import InputError
-from gradcamo.synthetic import write_dataset
+from gradcamo.synthetic import GEOMETRIES, write_dataset
 
 BUNDLED = Path(__file__).resolve().parents[2] / "resources" / "mini"
 
@@ -34,6 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="add a treatment-coded pattern to the background outside cells",
     )
+    parser.add_argument(
+        "--geometry",
+        choices=sorted(GEOMETRIES),
+        default="mini",
+        help="mini: the bundled dataset (2 plates x 8 wells x 3 sites of 12x96x96); paper: "
+        "a screen at the paper's geometry (1 plate x 8 wells, 21x512x512 sites, cells ~62 px "
+        "across, one nearly empty extra site), written elsewhere (default mini)",
+    )
     return parser.parse_args(argv)
 
 
@@ -44,7 +55,20 @@ def main(argv: list[str] | None = None) -> int:
             f"--out {args.out}: the bundled dataset is the clean variant; "
             "write the confounded one to another folder"
         )
-    sheet = write_dataset(args.out, seed=args.seed, confounded=args.confounded, progress=True)
+    if args.geometry != "mini" and args.out.resolve() == BUNDLED:
+        raise InputError(
+            f"--out {args.out}: the bundled dataset is the mini geometry; "
+            f"write the {args.geometry} one to another folder"
+        )
+    params, layout = GEOMETRIES[args.geometry]
+    sheet = write_dataset(
+        args.out,
+        seed=args.seed,
+        confounded=args.confounded,
+        params=params,
+        layout=layout,
+        progress=True,
+    )
     counts = sheet.drop_duplicates(["plate", "well"]).groupby("treatment").size()
     print(
         f"wrote {len(sheet)} sites ({', '.join(f'{t}: {n} wells' for t, n in counts.items())}) "

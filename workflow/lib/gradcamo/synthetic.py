@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +97,7 @@ class SynthesisParams:
     cell_spacing: minimum centre distance as a fraction of the two radii's sum (< 1 lets
         neighbours touch; their territories are split where their shapes meet).
     cell_height: mean cell height (Z planes) over the nucleus.
+    nucleus_z_radius: mean nuclear semi-axis in Z (planes; untreated).
     nucleus_fraction: mean and SD of nuclear radius / cell radius (untreated).
     trait_sd: SD of the per-cell nucleus scale (log) and concentration of the Beta
         distributions of the mitochondrial/ER traits (higher = narrower).
@@ -120,6 +121,7 @@ class SynthesisParams:
     cell_radius: tuple[float, float] = (9.5, 1.1)
     cell_spacing: float = 0.7
     cell_height: float = 6.5
+    nucleus_z_radius: float = 2.2
     nucleus_fraction: tuple[float, float] = (0.5, 0.05)
     trait_sd: tuple[float, float] = (0.08, 6.0)
     effects: dict[str, TreatmentEffect] = field(default_factory=_default_effects)
@@ -395,11 +397,13 @@ def nucleus_volumes(
     labels: np.ndarray,
     depth: np.ndarray,
     base: np.ndarray,
+    z_radius: float = 2.2,
 ) -> np.ndarray:
     """Nuclear labels (ZYX, same ids as ``labels``): a tilted ellipsoid per cell.
 
     Each nucleus sits just above the coverslip near its cell's centre, clipped to its cell
-    and kept off the cell's edge (normalised depth < 0.9).
+    and kept off the cell's edge (normalised depth < 0.9); ``z_radius`` is its untreated
+    semi-axis in Z (planes).
     """
     nz, ny, nx = labels.shape
     zz, yy, xx = np.mgrid[0:nz, 0:ny, 0:nx].astype(np.float32)
@@ -408,7 +412,7 @@ def nucleus_volumes(
     for i, (c, t) in enumerate(zip(cells.itertuples(), traits.itertuples()), start=1):
         r = c.radius * t.nucleus_fraction
         cy, cx = c.y + rng.normal(0, 0.08 * c.radius), c.x + rng.normal(0, 0.08 * c.radius)
-        rz = 2.2 * t.nucleus_z_scale
+        rz = z_radius * t.nucleus_z_scale
         floor = base[int(np.clip(round(c.y), 0, ny - 1)), int(np.clip(round(c.x), 0, nx - 1))]
         zc = floor + 0.6 + rz
         d = _normalized_distance(
@@ -566,7 +570,7 @@ def synthesize_site(
     owner, depth = cell_footprints(cells, (ny, nx))
     base = coverslip_height(rng, (ny, nx))
     labels = cell_volumes(owner, depth, base, traits["height"].to_numpy(), nz)
-    nuclei = nucleus_volumes(rng, cells, traits, labels, depth, base)
+    nuclei = nucleus_volumes(rng, cells, traits, labels, depth, base, params.nucleus_z_radius)
     signal = render_channels(rng, labels, nuclei, depth, traits, params)
 
     sigma = _voxels(params.psf_sigma_um)
@@ -587,20 +591,92 @@ def synthesize_site(
 # --------------------------------------------------------------------------- dataset
 
 
-def sample_sheet(seed: int = 0, sites: tuple[int, ...] = SITES) -> pd.DataFrame:
-    """One row per site with relative ``image`` / ``labels`` paths, sorted by plate, well, site."""
-    wells = plate_map(seed)
+@dataclass(frozen=True)
+class ScreenLayout:
+    """Which sites a synthetic screen has, and which of them the sheet lists ground truth for.
+
+    plates, wells: their names; every well of every plate has ``sites``.
+    concentrations: treatment -> concentration (µM), the control's 0; each treatment gets an
+        equal share of every plate's wells (:func:`plate_map`).
+    extra_sites: ``(plate, well, site)`` fields added to their wells beyond ``sites``.
+    sparse_sites: ``(plate, well, site)`` fields drawn with ``sparse_cells`` cells instead of
+        ``SynthesisParams.cells_per_site``: a nearly empty field, the outlier the
+        segmentation QC is there to flag.
+    sparse_cells: inclusive range of cells placed on a sparse site.
+    annotated: ``"plate/well/site"`` names whose sheet row lists their ground-truth labels
+        (the sites a Cellpose model can be trained and scored on); None: every site. The
+        label images are written for every site either way.
+    """
+
+    plates: tuple[str, ...] = PLATES
+    wells: tuple[str, ...] = WELLS
+    sites: tuple[int, ...] = SITES
+    concentrations: dict[str, float] = field(default_factory=lambda: dict(CONCENTRATIONS))
+    extra_sites: tuple[tuple[str, str, int], ...] = ()
+    sparse_sites: tuple[tuple[str, str, int], ...] = ()
+    sparse_cells: tuple[int, int] = (1, 3)
+    annotated: tuple[str, ...] | None = None
+
+
+#: The bundled mini dataset (resources/mini): 2 plates x 8 wells x 3 sites of 12 x 96 x 96.
+MINI_LAYOUT = ScreenLayout()
+
+#: A small screen at the paper's geometry (``make_mini_dataset.py --geometry paper``): sites
+#: of 21 planes x 512 x 512 px, cells about 62 px across (the paper's 128 x 128 crops hold a
+#: cell and its neighbours' edges) and 13 planes high over the nucleus; a quarter or so of
+#: them cut by the border.
+PAPER_PARAMS = SynthesisParams(
+    shape=(21, 512, 512),
+    cells_per_site=(14, 16),
+    cell_radius=(31.0, 3.4),
+    cell_height=13.0,
+    nucleus_z_radius=4.0,
+)
+#: One plate, 8 wells of DMSO and CompoundA (4 each: a well-level 0.6 / 0.2 / 0.2 split gives
+#: every split a well of each), one site per well, plus a nearly empty second site in C05 for
+#: the segmentation QC to flag. Four sites carry ground truth in the sheet: two of each
+#: treatment: P1/B02/1 (CompoundA) and P1/C02/1 (DMSO) to train Cellpose on, P1/B03/1 and
+#: P1/C03/1 held out to score it.
+PAPER_LAYOUT = ScreenLayout(
+    plates=("P1",),
+    sites=(1,),
+    concentrations={"DMSO": 0.0, "CompoundA": 10.0},
+    extra_sites=(("P1", "C05", 2),),
+    sparse_sites=(("P1", "C05", 2),),
+    sparse_cells=(3, 3),
+    annotated=("P1/B02/1", "P1/B03/1", "P1/C02/1", "P1/C03/1"),
+)
+
+#: ``make_mini_dataset.py --geometry``: the generator's settings and the layout of each.
+GEOMETRIES: dict[str, tuple[SynthesisParams, ScreenLayout]] = {
+    "mini": (SynthesisParams(), MINI_LAYOUT),
+    "paper": (PAPER_PARAMS, PAPER_LAYOUT),
+}
+
+
+def sample_sheet(
+    seed: int = 0, sites: tuple[int, ...] = SITES, *, layout: ScreenLayout | None = None
+) -> pd.DataFrame:
+    """One row per site with relative ``image`` / ``labels`` paths, sorted by plate, well, site.
+
+    ``layout``: the screen's plates, wells and sites (:class:`ScreenLayout`); None: the mini
+    dataset's, with ``sites`` per well. Sites not in ``layout.annotated`` get no ``labels``.
+    """
+    layout = layout or ScreenLayout(sites=tuple(sites))
+    wells = plate_map(seed, layout.plates, layout.wells, layout.concentrations)
     rows = []
     for w in wells.itertuples():
-        for site in sites:
+        extra = [s for p, well, s in layout.extra_sites if (p, well) == (w.plate, w.well)]
+        for site in sorted({*layout.sites, *extra}):
             name = f"{w.plate}_{w.well}_s{site}.tif"
+            annotated = layout.annotated is None or f"{w.plate}/{w.well}/{site}" in layout.annotated
             rows.append(
                 {
                     "plate": w.plate,
                     "well": w.well,
                     "site": int(site),
                     "image": f"images/{name}",
-                    "labels": f"labels/{name}",
+                    "labels": f"labels/{name}" if annotated else None,
                     "treatment": w.treatment,
                     "concentration": w.concentration,
                     "control": bool(w.control),
@@ -625,19 +701,24 @@ def write_dataset(
     seed: int = 0,
     confounded: bool = False,
     params: SynthesisParams | None = None,
+    layout: ScreenLayout | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Generate the whole mini dataset into ``out_dir``.
+    """Generate a whole synthetic screen (by default the mini dataset) into ``out_dir``.
 
     Writes ``images/{plate}_{well}_s{site}.tif`` (ZCYX uint16 OME-TIFF),
-    ``labels/{plate}_{well}_s{site}.tif`` (ZYX) and ``samples.tsv`` (columns
-    :data:`SHEET_COLUMNS`, paths relative to ``out_dir``). Each file is written atomically
+    ``labels/{plate}_{well}_s{site}.tif`` (ZYX ground truth, for every site) and
+    ``samples.tsv`` (columns :data:`SHEET_COLUMNS`, paths relative to ``out_dir``; ``labels``
+    only for ``layout.annotated``). ``params`` and ``layout`` default to the mini dataset's
+    (:data:`GEOMETRIES` holds the paper-geometry screen's). Each file is written atomically
     and the sheet last, so an interrupted run never leaves a sheet pointing at missing or
     partial images. Returns the sheet (``control`` as bool).
     """
     params = params or SynthesisParams()
+    layout = layout or MINI_LAYOUT
+    sparse = replace(params, cells_per_site=layout.sparse_cells)
     out_dir = Path(out_dir)
-    sheet = sample_sheet(seed)
+    sheet = sample_sheet(seed, layout=layout)
     rows = sheet.itertuples()
     if progress:
         from tqdm import tqdm  # imported here: only the command line shows progress
@@ -645,10 +726,11 @@ def write_dataset(
         rows = tqdm(list(rows), desc="sites", unit="site")
     for row in rows:
         rng = np.random.default_rng(site_seed(seed, row.plate, row.well, row.site))
-        image, labels = synthesize_site(rng, row.treatment, params, confounded)
+        site_params = sparse if (row.plate, row.well, row.site) in layout.sparse_sites else params
+        image, labels = synthesize_site(rng, row.treatment, site_params, confounded)
         with atomic_path(out_dir / row.image) as tmp:
             write_zstack(tmp, image, CHANNELS, VOXEL_SIZE)
-        with atomic_path(out_dir / row.labels) as tmp:
+        with atomic_path(out_dir / "labels" / Path(row.image).name) as tmp:
             write_labels(tmp, labels)
     write_sheet(out_dir / "samples.tsv", sheet)
     return sheet
