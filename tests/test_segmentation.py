@@ -220,3 +220,19 @@ def test_trained_model_segments_a_new_site(trained_model):
     blank = np.full_like(image, 150)  # a blank field: empty labels, no error
     labels = seg.segment_zstack(model, blank, (3, 0), flow_threshold=0.0, min_size=20)
     assert labels.shape == truth.shape and labels.max() == 0
+
+
+def test_a_model_from_random_weights_works_at_the_scale_it_is_given(tmp_path):
+    """segmentation.train.diam_mean: the network works at that diameter and trains on
+    patches of the images as resampled to it (a quarter of the side at a quarter the size)."""
+    image, labels = touching_cells(seed=0)
+    planes, masks = seg.training_planes(image, labels, (3, 0), 2)
+    own = seg.train_model(planes, masks, tmp_path / "own", epochs=1, batch_size=2, seed=0)
+    small = seg.train_model(
+        planes, masks, tmp_path / "small", epochs=1, batch_size=2, seed=0, diam_mean=own["diam_mean"] / 4
+    )
+    assert small["diam_mean"] == pytest.approx(own["diam_mean"] / 4)
+    assert small["diam_labels"] == pytest.approx(own["diam_labels"], rel=1e-3)
+    assert own["tile"] == 64 and small["tile"] == 16
+    model = seg.load_model(seg.resolve_model(str(tmp_path / "small")))
+    assert float(model.net.diam_mean) == pytest.approx(own["diam_mean"] / 4)

@@ -51,5 +51,6 @@ with atomic_path(sm.output[0]) as tmp:
         batch_size=settings["batch_size"],
         seed=settings["seed"],
         device=device,
+        diam_mean=settings["diam_mean"],
     )
 log.info("trained: %s", summary)
