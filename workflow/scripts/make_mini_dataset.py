@@ -1,7 +1,7 @@
 """Generate the synthetic 3D Cell Painting mini dataset (command line, not a Snakemake script).
 
     .venv/bin/python workflow/scripts/make_mini_dataset.py --out resources/mini \
-        [--seed 0] [--confounded] [--geometry mini|paper]
+        [--seed 0] [--confounded] [--geometry mini|paper] [--workers 1]
 
 Writes ``OUT/images/*.tif`` (ZCYX uint16 OME-TIFF), ``OUT/labels/*.tif`` (ZYX ground truth)
 and ``OUT/samples.tsv``. ``--confounded`` plants a treatment-coded background pattern (a
@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "a screen at the paper's geometry (1 plate x 8 wells, 21x512x512 sites, cells ~62 px "
         "across, one nearly empty extra site), written elsewhere (default mini)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="make the sites in this many processes (the same files; default 1)",
+    )
     return parser.parse_args(argv)
 
 
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         params=params,
         layout=layout,
         progress=True,
+        workers=args.workers,
     )
     counts = sheet.drop_duplicates(["plate", "well"]).groupby("treatment").size()
     print(

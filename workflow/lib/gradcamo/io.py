@@ -76,9 +76,11 @@ def write_zstack(
     image: np.ndarray,
     channels: Sequence[str],
     voxel_size: Sequence[float] | None = None,
+    level: int = 9,
 ) -> None:
     """Write a ZCYX z-stack as a compressed OME-TIFF with channel names and, when given, the
-    voxel size (µm, ZYX; None writes none, so a reader has nothing to check it against)."""
+    voxel size (µm, ZYX; None writes none, so a reader has nothing to check it against);
+    ``level``: zlib's (9 the smallest files, 6 about ten times faster and 10 % larger)."""
     if image.ndim != 4 or image.shape[1] != len(channels):
         raise ValueError(f"expected ZCYX with {len(channels)} channels, got {image.shape}")
     metadata = {"axes": "ZCYX", "Channel": {"Name": list(channels)}}
@@ -90,7 +92,7 @@ def write_zstack(
         ome=True,
         photometric="minisblack",
         compression="zlib",
-        compressionargs={"level": 9},
+        compressionargs={"level": int(level)},
         predictor=True,
         metadata=metadata,
     )

@@ -114,6 +114,8 @@ class SynthesisParams:
     confounder_debris_per_site: debris specks per site of a treated well.
     confounder_debris_photons: peak photons of a speck.
     confounder_debris_sigma_um: Gaussian SD (Z, Y, X) of a speck in µm.
+    zlib_level: compression of the written z-stacks (:func:`gradcamo.io.write_zstack`): 9 the
+        bundled data's, 6 writes a paper-sized site in 1 s instead of 10 (files 10 % larger).
     """
 
     shape: tuple[int, int, int] = (12, 96, 96)
@@ -137,6 +139,7 @@ class SynthesisParams:
     confounder_debris_per_site: int = 150
     confounder_debris_photons: float = 60.0
     confounder_debris_sigma_um: tuple[float, float, float] = (0.8, 0.5, 0.5)
+    zlib_level: int = 9
 
 
 # --------------------------------------------------------------------------- plate map
@@ -348,7 +351,10 @@ def puncta(rng: np.random.Generator, shape: tuple[int, ...], density: float, sig
 
 def _per_cell(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Broadcast one value per cell (cell ``i`` = label ``i + 1``) to a label image; 0 outside."""
-    return np.concatenate([[0.0], np.asarray(values, dtype=np.float32)])[labels].astype(np.float32)
+    # The table cast to float32 before indexing: the same values as indexing in float64 and
+    # casting after, without a float64 copy of the whole volume.
+    table = np.concatenate([[0.0], np.asarray(values, dtype=np.float32)]).astype(np.float32)
+    return table[labels]
 
 
 def _beta(rng: np.random.Generator, mean: np.ndarray, concentration: float, n: int) -> np.ndarray:
@@ -626,6 +632,7 @@ MINI_LAYOUT = ScreenLayout()
 #: cell and its neighbours' edges) and 13 planes high over the nucleus; a quarter or so of
 #: them cut by the border.
 PAPER_PARAMS = SynthesisParams(
+    zlib_level=6,
     shape=(21, 512, 512),
     cells_per_site=(14, 16),
     cell_radius=(31.0, 3.4),
@@ -703,6 +710,7 @@ def write_dataset(
     params: SynthesisParams | None = None,
     layout: ScreenLayout | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Generate a whole synthetic screen (by default the mini dataset) into ``out_dir``.
 
@@ -713,24 +721,66 @@ def write_dataset(
     (:data:`GEOMETRIES` holds the paper-geometry screen's). Each file is written atomically
     and the sheet last, so an interrupted run never leaves a sheet pointing at missing or
     partial images. Returns the sheet (``control`` as bool).
+
+    ``workers`` > 1 makes the sites in that many processes: the same files, as every site is
+    seeded on its own (:func:`site_seed`); a paper-geometry site takes about 20 s and 1.2 GB.
     """
     params = params or SynthesisParams()
     layout = layout or MINI_LAYOUT
     sparse = replace(params, cells_per_site=layout.sparse_cells)
     out_dir = Path(out_dir)
     sheet = sample_sheet(seed, layout=layout)
-    rows = sheet.itertuples()
+    jobs = [
+        (
+            out_dir,
+            seed,
+            row.plate,
+            row.well,
+            int(row.site),
+            row.image,
+            row.treatment,
+            sparse if (row.plate, row.well, row.site) in layout.sparse_sites else params,
+            confounded,
+        )
+        for row in sheet.itertuples()
+    ]
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(min(workers, len(jobs)))
+        done = pool.map(_write_site, *zip(*jobs))
+    else:
+        pool = None
+        done = (_write_site(*job) for job in jobs)
     if progress:
         from tqdm import tqdm  # imported here: only the command line shows progress
 
-        rows = tqdm(list(rows), desc="sites", unit="site")
-    for row in rows:
-        rng = np.random.default_rng(site_seed(seed, row.plate, row.well, row.site))
-        site_params = sparse if (row.plate, row.well, row.site) in layout.sparse_sites else params
-        image, labels = synthesize_site(rng, row.treatment, site_params, confounded)
-        with atomic_path(out_dir / row.image) as tmp:
-            write_zstack(tmp, image, CHANNELS, VOXEL_SIZE)
-        with atomic_path(out_dir / "labels" / Path(row.image).name) as tmp:
-            write_labels(tmp, labels)
+        done = tqdm(done, total=len(jobs), desc="sites", unit="site")
+    try:
+        for _ in done:
+            pass
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     write_sheet(out_dir / "samples.tsv", sheet)
     return sheet
+
+
+def _write_site(
+    out_dir: Path,
+    seed: int,
+    plate: str,
+    well: str,
+    site: int,
+    image_path: str,
+    treatment: str,
+    params: SynthesisParams,
+    confounded: bool,
+) -> None:
+    """Make one site and write its image and ground truth (``write_dataset``'s unit of work)."""
+    rng = np.random.default_rng(site_seed(seed, plate, well, site))
+    image, labels = synthesize_site(rng, treatment, params, confounded)
+    with atomic_path(out_dir / image_path) as tmp:
+        write_zstack(tmp, image, CHANNELS, VOXEL_SIZE, level=params.zlib_level)
+    with atomic_path(out_dir / "labels" / Path(image_path).name) as tmp:
+        write_labels(tmp, labels)
