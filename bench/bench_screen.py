@@ -43,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_crops import CHANNELS, make_sites  # noqa: E402
 
 CROP = (21, 128, 128)
-NORMALIZATION = {"scope": "site", "reference": "all", "lower_percentile": 1.0, "upper_percentile": 99.8}
+# The template's normalisation: the plate's percentiles, computed once per plate (here: of the
+# first site) and handed to every well's jobs.
+NORMALIZATION = {"scope": "plate", "reference": "controls", "lower_percentile": 1.0, "upper_percentile": 99.8}
 METADATA = {"plate": "P1", "well": "B02", "treatment": "DMSO"}
 SCREEN_CELLS, SCREEN_WELLS = 1_700_000, 3840
 # The H100's training rate at the paper's size (docs/benchmarks.md, 2026-11-27), and a
@@ -124,7 +126,10 @@ def main() -> None:
             [Site("P1", "B02", s, image=str(tmp / f"s{s}.tif")) for s in range(1, args.sites + 1)],
             [str(tmp / f"s{s}_labels.tif") for s in range(1, args.sites + 1)],
         )
-        common = dict(normalization=NORMALIZATION)
+        from gradcamo.normalization import percentile_bounds
+
+        bounds = percentile_bounds(sites[0].zstack(), 1.0, 99.8)
+        common = dict(normalization=NORMALIZATION, bounds=bounds)
 
         # 1. Bytes on disk.
         tic = time.perf_counter()
