@@ -24,8 +24,10 @@ import yaml
 from conftest import REPO, run_snakemake
 from gradcamo.config import load_config
 
-# One worker runs this module's tests and its one run (the other runs everything else).
-pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("paper_run")]
+# The worker that runs the mini workflow runs this one after it (its xdist group): side by
+# side on CI's 2 cores the two runs slowed each other (the mini run's training took 3x as
+# long) and CI took about an hour; one after the other, the other worker's tests fill the gap.
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("mini_run")]
 TEMPLATE = REPO / "config" / "config.yaml"
 OVERLAY = REPO / ".test" / "paper" / "config.yaml"
 CROP = (21, 128, 128)
