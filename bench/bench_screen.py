@@ -166,7 +166,7 @@ def main() -> None:
         # 2. The profile job per cell, plain forward, store against crops on the fly.
         from gradcamo.gradcam import GradCamProfiler
         from gradcamo.model import build_model
-        from gradcamo.profiles import profile_batches
+        from gradcamo.profiles import profile_batches, store_batches
 
         torch.manual_seed(0)
         model = build_model("b0", len(CHANNELS), 4, CROP).eval()
@@ -179,11 +179,9 @@ def main() -> None:
         none = np.zeros(k, bool)
 
         def from_store():  # what profile_store does, over the first k cells
-            batches = (
-                (np.asarray(store.images[lo : lo + 32], np.float32), np.array(store.masks[lo : lo + 32]))
-                for lo in range(0, k, 32)
+            return profile_batches(
+                profiler, store_batches(store, 32, k), cells, CROP, len(CHANNELS), mapped=none
             )
-            return profile_batches(profiler, batches, cells, CROP, len(CHANNELS), mapped=none)
 
         def on_the_fly():
             batches = prefetched(crop_batches(sites, cells, CROP, 32, **common))

@@ -428,6 +428,16 @@ def target_class_index(target_class: str, treatment: str, classes: Sequence[str]
     return list(classes).index(treatment)
 
 
+def store_batches(store: CropStore, batch_size: int, n_cells: int | None = None):
+    """``(images (n, C, Z, Y, X) float32, masks (n, Z, Y, X) uint8)`` of a store's first
+    ``n_cells`` cells (None: all), ``batch_size`` at a time (masks copied: torch wants
+    writable memory)."""
+    n = len(store) if n_cells is None else min(int(n_cells), len(store))
+    for lo in range(0, n, batch_size):
+        hi = min(lo + batch_size, n)
+        yield np.asarray(store.images[lo:hi], np.float32), np.array(store.masks[lo:hi])
+
+
 def profile_store(
     profiler: GradCamProfiler,
     store: CropStore,
@@ -441,16 +451,9 @@ def profile_store(
     mapped: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """:func:`profile_batches` over every cell of a crop store, ``batch_size`` at a time."""
-    batches = (
-        (
-            np.asarray(store.images[lo : lo + batch_size], np.float32),
-            np.array(store.masks[lo : lo + batch_size]),
-        )
-        for lo in range(0, len(store), batch_size)
-    )
     return profile_batches(
         profiler,
-        batches,
+        store_batches(store, batch_size),
         store.cells,
         store.crop_shape,
         len(store.channels),
