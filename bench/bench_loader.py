@@ -3,7 +3,7 @@
 In one process, on real on-disk crop stores (float16, memory-mapped, written by
 CropStoreWriter in a temporary folder):
 
-- loader: :func:`gradcamo.training.cell_loader` over class-balanced draws with augmentation
+- loader: :func:`gradcamo.data.cell_loader` over class-balanced draws with augmentation
   on, 0, 2 and 4 workers; its CPU side only reads and stacks the float16 crops (augmentation
   runs on the device after the transfer, so it is not part of the CPU's work), in cells/s;
 - bytes read per cell from the stores;
@@ -25,9 +25,8 @@ from pathlib import Path
 
 import torch
 from bench_training import CHANNELS, model_cells_per_second, write_stores
-from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_table
+from gradcamo.data import Augmentation, BalancedDraws, CropCells, cell_loader, cell_table
 from gradcamo.store import CropStore
-from gradcamo.training import cell_loader
 
 
 def loader_cells_per_second(wells, batch, workers, device, epochs=3) -> tuple[float, int]:

@@ -5,7 +5,7 @@ In one process, on random crops and a randomly initialised 3D EfficientNet-b0:
 - a training epoch: ``--draws`` training draws in AdamW steps of ``--batch`` cells
   (forward, backward, step), as :func:`gradcamo.training.train_one_epoch` runs them;
 - the audit: the accuracy from the cell alone and from the context alone of ``--val``
-  validation cells (:func:`gradcamo.training.audit_accuracies`: two evaluation passes over
+  validation cells (:func:`gradcamo.validation_audit.audit_accuracies`: two evaluation passes over
   counterfactual crops kept in memory), and, for scale, the one evaluation pass over the
   same cells that every epoch already runs.
 
@@ -24,7 +24,8 @@ import time
 import numpy as np
 import torch
 from gradcamo.model import build_model
-from gradcamo.training import Counterfactuals, audit_accuracies, predict_crops
+from gradcamo.prediction import predict_crops
+from gradcamo.validation_audit import Counterfactuals, audit_accuracies
 
 
 def main() -> None:

@@ -23,7 +23,9 @@ import pandas as pd
 import torch
 import yaml
 from gradcamo.config import load_config
-from gradcamo.training import TrainSettings, ValidationAudit, train_classifier
+from gradcamo.train_settings import TrainSettings
+from gradcamo.training import train_classifier
+from gradcamo.validation_audit import ValidationAudit
 
 
 def per_treatment_accuracy(split_metrics: dict) -> dict:

@@ -22,7 +22,9 @@ from gradcamo.gradcam import GradCamProfiler, gradcamo_score
 from gradcamo.model import build_model, set_drop_connect_rate
 from gradcamo.penalty import AttentionPenalty, PenalisedModel, dilate_masks, outside_share
 from gradcamo.store import MASK_CELL, MASK_OTHER, CropStore
-from gradcamo.training import HISTORY_COLUMNS, TrainSettings, ValidationAudit, train_classifier
+from gradcamo.train_settings import TrainSettings
+from gradcamo.training import HISTORY_COLUMNS, train_classifier
+from gradcamo.validation_audit import ValidationAudit
 from test_training import (
     CHANNELS,
     CROP,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from gradcamo import training
+from gradcamo import validation_audit
 from gradcamo.audit import audit_seeds, counterfactual_crops
 from gradcamo.context import dilate
 from gradcamo.data import (
@@ -38,16 +38,9 @@ from gradcamo.model import build_model, load_checkpoint, save_checkpoint, set_dr
 from gradcamo.resume import fingerprint, load_resume_state, save_resume_state
 from gradcamo.split import split_wells
 from gradcamo.store import CropStore, CropStoreWriter
-from gradcamo.training import (
-    HISTORY_COLUMNS,
-    TrainSettings,
-    ValidationAudit,
-    one_cycle_schedule,
-    selection_score,
-    train_classifier,
-    validation_counterfactuals,
-    write_training_outputs,
-)
+from gradcamo.train_settings import TrainSettings
+from gradcamo.training import HISTORY_COLUMNS, one_cycle_schedule, train_classifier, write_training_outputs
+from gradcamo.validation_audit import ValidationAudit, selection_score, validation_counterfactuals
 
 CHANNELS = ["DNA", "ER", "Mito"]
 CROP = (8, 16, 16)
@@ -403,7 +396,8 @@ import json, logging, sys
 import pandas as pd, torch
 torch.set_num_threads(1)
 logging.basicConfig(level=logging.INFO, stream=sys.stdout)
-from gradcamo.training import TrainSettings, train_classifier, write_training_outputs
+from gradcamo.train_settings import TrainSettings
+from gradcamo.training import train_classifier, write_training_outputs
 wells = pd.read_csv(sys.argv[1], sep="\\t", dtype=str)
 config, out = json.loads(sys.argv[2]), sys.argv[3]
 result = train_classifier(wells, TrainSettings.from_config(config), {channels}, {crop}, "cpu",
@@ -554,7 +548,7 @@ def test_validation_cells_are_taken_apart_as_the_profile_audit_takes_them_apart(
     """Each validation cell's two counterfactuals are the profile stage's (same fill, margin
     and per-cell seeds), stored as float16, whatever block they were made in; a cap keeps a
     seeded subset in store order."""
-    monkeypatch.setattr(training, "COUNTERFACTUAL_BLOCK", 3)  # 10 cells per well: 4 blocks
+    monkeypatch.setattr(validation_audit, "COUNTERFACTUAL_BLOCK", 3)  # 10 cells per well: 4 blocks
     fills = blob_fills(wells)
     stores, cells = cell_table(wells)
     val = np.flatnonzero(cells["split"] == "val")

@@ -8,7 +8,9 @@ import torch
 from gradcamo.devices import choose_device
 from gradcamo.logs import log_to
 from gradcamo.profiles import split_stores
-from gradcamo.training import TrainSettings, ValidationAudit, train_classifier, write_training_outputs
+from gradcamo.train_settings import TrainSettings
+from gradcamo.training import train_classifier, write_training_outputs
+from gradcamo.validation_audit import ValidationAudit
 
 log = log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 sm = snakemake  # noqa: F821

@@ -21,8 +21,11 @@ One module per concern; none of them knows about Snakemake:
 - :mod:`gradcamo.split`        -- well-disjoint train/val/test split.
 - :mod:`gradcamo.model`        -- MONAI 3D EfficientNet built for the crop shape; checkpoints.
 - :mod:`gradcamo.devices`      -- the device, float precision and determinism of a job.
-- :mod:`gradcamo.data`         -- crop stores as a PyTorch dataset; seeded augmentation.
-- :mod:`gradcamo.training`     -- the training loop (seeded, early-stopped).
+- :mod:`gradcamo.data`         -- crop stores as a PyTorch dataset and loader; seeded augmentation.
+- :mod:`gradcamo.train_settings` -- the ``train`` config section, read and checked.
+- :mod:`gradcamo.prediction`   -- eval-mode logits; batch-norm statistics refreshed for evaluation.
+- :mod:`gradcamo.validation_audit` -- the per-epoch audit of validation cells; the best-epoch score.
+- :mod:`gradcamo.training`     -- the training loop (seeded, early-stopped) and its outputs.
 - :mod:`gradcamo.resume`       -- fingerprint, resume state and progress of training.
 - :mod:`gradcamo.metrics`      -- classification metrics of a split.
 - :mod:`gradcamo.gradcam`      -- one-pass embedding + 3D attribution maps + Grad-CAMO.

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from gradcamo.context import dilate
+from gradcamo.prediction import predict_crops, refresh_batch_norm_on
 from gradcamo.store import MASK_BACKGROUND, CropStore
-from gradcamo.training import predict_crops, refresh_batch_norm_on
 
 
 def debris_intensity(images: np.ndarray, masks: np.ndarray, percentile: float, clearance: int) -> np.ndarray:
@@ -138,7 +138,7 @@ def fine_tune(
     """A copy of ``model`` trained further on ``images`` (N, C, Z, Y, X) and class ids
     ``labels`` (N,): Adam, cross-entropy, seeded shuffles, then the batch-norm statistics
     recomputed over ``images`` with the final weights, as the train rule does
-    (:func:`gradcamo.training.refresh_batch_norm`)."""
+    (:func:`gradcamo.prediction.refresh_batch_norm`)."""
     tuned = copy.deepcopy(model).to(device)
     optimizer = torch.optim.Adam(tuned.parameters(), lr=learning_rate)
     rng = np.random.default_rng(seed)
@@ -244,6 +244,6 @@ def planted_verdict(
 
 def predicted_classes(model: nn.Module, images: np.ndarray, batch_size: int, device="cpu") -> np.ndarray:
     """Eval-mode predicted class ids ``(N,)`` of crops ``(N, C, Z, Y, X)``
-    (:func:`gradcamo.training.predict_crops`' arg-max)."""
+    (:func:`gradcamo.prediction.predict_crops`' arg-max)."""
     crops = torch.from_numpy(np.asarray(images, np.float32))
     return predict_crops(model, crops, batch_size, torch.device(device)).argmax(1)

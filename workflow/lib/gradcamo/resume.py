@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -22,9 +22,7 @@ from torch import nn
 
 from gradcamo.io import atomic_path
 from gradcamo.store import CropStore
-
-if TYPE_CHECKING:
-    from gradcamo.training import TrainSettings
+from gradcamo.train_settings import TrainSettings
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,12 @@ metrics per split. Training
   rises along half a cosine from a 25th of its peak over the first ``warmup_fraction`` of the
   planned steps, and falls along half a cosine to nearly 0 over the rest;
 - uses autocast mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler);
-- recomputes the batch-norm statistics before every evaluation (:func:`refresh_batch_norm`);
+- recomputes the batch-norm statistics before every evaluation
+  (:func:`gradcamo.prediction.refresh_batch_norm`);
 - audits the validation cells after every epoch when given the plates' neutral fills
-  (:class:`ValidationAudit`): the accuracy from the cell alone and from its context alone,
-  the profile stage's counterfactuals, so the log says each epoch whether the model is
-  learning the cell or its surroundings;
+  (:class:`gradcamo.validation_audit.ValidationAudit`): the accuracy from the cell alone and
+  from its context alone, the profile stage's counterfactuals, so the log says each epoch
+  whether the model is learning the cell or its surroundings;
 - keeps the weights of the epoch with the best validation accuracy (``select_by:
   accuracy``; ties: lower validation loss) or the best accuracy from the cell alone
   (``select_by: cell_accuracy``; ties: validation accuracy, then loss), and stops when that
@@ -36,11 +37,17 @@ off; ``val_loss`` / ``val_accuracy`` over the validation cells (evaluation mode,
 validation cells), ``val_cell_accuracy`` / ``val_context_accuracy`` from the audit's
 counterfactuals of (up to ``audit_cells``) validation cells (NaN without an audit),
 ``learning_rate`` of the epoch's last step, ``seconds``.
+
+The settings are :class:`gradcamo.train_settings.TrainSettings`, prediction and the
+batch-norm refresh :mod:`gradcamo.prediction`, the validation audit and the score the best
+epoch is kept by :mod:`gradcamo.validation_audit`, the resume state :mod:`gradcamo.resume`.
+One module because the epoch loop (:func:`_fit`) and the stage around it
+(:func:`train_classifier`) share the settings, the resume state and the history columns;
+what keeps it over 400 lines is the loop's logging and this docstring, not a second concern.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -48,7 +55,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,22 +63,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gradcamo.audit import audit_seeds, counterfactual_crops
-from gradcamo.data import (
-    Augmentation,
-    BalancedDraws,
-    ContextSwap,
-    CropCells,
-    as_batch,
-    cell_table,
-    check_stores,
-)
+from gradcamo.data import BalancedDraws, CropCells, cell_loader, cell_table, check_stores
 from gradcamo.devices import autocast_dtype, numerics, reproducible
 from gradcamo.errors import InputError
 from gradcamo.io import atomic_path
 from gradcamo.metrics import classification_metrics, loss_and_accuracy
 from gradcamo.model import build_model, save_checkpoint, set_drop_connect_rate
-from gradcamo.penalty import PENALTY_METHODS, AttentionPenalty, PenalisedModel
+from gradcamo.penalty import PenalisedModel
+from gradcamo.prediction import BATCH_NORM_CELLS, evaluation_batch_size, predict, refresh_batch_norm
 from gradcamo.resume import (
     RESUME_FORMAT,
     Progress,
@@ -81,7 +80,14 @@ from gradcamo.resume import (
     rng_state,
     save_resume_state,
 )
-from gradcamo.store import CropStore
+from gradcamo.train_settings import TrainSettings
+from gradcamo.validation_audit import (
+    Counterfactuals,
+    ValidationAudit,
+    audit_accuracies,
+    selection_score,
+    validation_counterfactuals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,133 +106,6 @@ HISTORY_COLUMNS = (
     "learning_rate",
     "seconds",
 )
-#: At most this many training cells give the batch-norm statistics used in evaluation.
-BATCH_NORM_CELLS = 2048
-#: Cells taken apart at once for the validation audit (bounds its float32 working copies).
-COUNTERFACTUAL_BLOCK = 32
-#: What ``select_by`` can keep the best epoch by.
-SELECTION_CRITERIA = ("accuracy", "cell_accuracy")
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """The ``train`` section of the configuration, minus cluster resources.
-
-    ``drop_connect_rate``: stochastic depth of the last block (MONAI's b0 uses 0.2). With
-    small crops the last blocks see 1×1×1 maps, and dropping residual branches per cell then
-    shifts the batch statistics batch norm learns from; evaluation became unstable here
-    (validation losses of 20-400 at 90 % accuracy), hence 0 by default (in the schema).
-    """
-
-    variant: str
-    norm: str
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    warmup_fraction: float
-    weight_decay: float
-    patience: int
-    select_by: str
-    audit_cells: int
-    seed: int
-    num_workers: int
-    mixed_precision: bool
-    drop_connect_rate: float
-    augmentation: Augmentation
-    context_swap: ContextSwap
-    attention_penalty: AttentionPenalty
-
-    @classmethod
-    def from_config(cls, train: Mapping[str, Any]) -> "TrainSettings":
-        """Read the ``train`` config section (schema-validated, so with every default filled
-        in: the schema is the one home of the defaults); resource keys (gpu, threads, ...)
-        are ignored."""
-        sections = ("augmentation", "context_swap", "attention_penalty")
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in sections]
-        augment = train.get("augment") or {}
-        swap = augment.get("context_swap") or {}
-        penalty = train.get("attention_penalty") or {}
-        missing = (
-            [name for name in names if name not in train]
-            + [f"augment.{name}" for name in ("flip_z", "intensity_jitter") if name not in augment]
-            + [f"augment.context_swap.{name}" for name in ("probability", "margin") if name not in swap]
-            + [
-                f"attention_penalty.{f.name}"
-                for f in dataclasses.fields(AttentionPenalty)
-                if f.name not in penalty
-            ]
-        )
-        if missing:
-            raise InputError(f"config section train lacks key(s) {', '.join(missing)}")
-        settings = cls(
-            **{name: train[name] for name in names},
-            augmentation=Augmentation(
-                flip_z=bool(augment["flip_z"]),
-                intensity_jitter=float(augment["intensity_jitter"]),
-            ),
-            context_swap=ContextSwap(probability=float(swap["probability"]), margin=int(swap["margin"])),
-            attention_penalty=AttentionPenalty(
-                weight=float(penalty["weight"]),
-                method=str(penalty["method"]),
-                target_layer=str(penalty["target_layer"]),
-                target_resolution=(
-                    None if penalty["target_resolution"] is None else int(penalty["target_resolution"])
-                ),
-                dilation=int(penalty["dilation"]),
-            ),
-        )
-        if settings.attention_penalty.method not in PENALTY_METHODS:
-            raise InputError(
-                f"config key train.attention_penalty.method is {settings.attention_penalty.method!r}, "
-                f"not one of {', '.join(PENALTY_METHODS)}"
-            )
-        if settings.select_by not in SELECTION_CRITERIA:
-            raise InputError(
-                f"config key train.select_by is {settings.select_by!r}, "
-                f"not one of {', '.join(SELECTION_CRITERIA)}"
-            )
-        if settings.select_by == "cell_accuracy" and settings.audit_cells < 1:
-            raise InputError(
-                "config key train.select_by is 'cell_accuracy' but train.audit_cells is 0: "
-                "selecting by the accuracy from the cell alone needs the validation audit"
-            )
-        if settings.batch_size < 2:
-            raise InputError("config key train.batch_size must be at least 2 (batch norm)")
-        if settings.epochs < 1 or settings.patience < 1:
-            raise InputError("config keys train.epochs and train.patience must be at least 1")
-        if not 0 < settings.warmup_fraction < 1:
-            raise InputError(
-                f"config key train.warmup_fraction is {settings.warmup_fraction}, not between 0 and 1"
-            )
-        return settings
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class ValidationAudit:
-    """What the per-epoch audit of the validation cells needs: the profile stage's audit.
-
-    ``fills``: plate → its neutral fill ``(M, C)`` (``results/crops/{plate}/fill.npy``,
-    :mod:`gradcamo.context`); ``cell_margin`` and ``seed``: ``crops.cell_margin`` and
-    ``crops.fill.seed``, so a validation cell is taken apart as its profile's audit will
-    take it apart (:func:`gradcamo.audit.counterfactual_crops`, :func:`audit_seeds`).
-    """
-
-    fills: Mapping[str, np.ndarray]
-    cell_margin: int
-    seed: int
-
-
-@dataclass
-class Counterfactuals:
-    """Validation cells taken apart, float16 ``(N, C, Z, Y, X)`` each: ``cell_alone`` (the
-    context replaced by the fill), ``context_alone`` (the cell replaced), and ``labels`` (N,)."""
-
-    cell_alone: torch.Tensor
-    context_alone: torch.Tensor
-    labels: np.ndarray
 
 
 @dataclass
@@ -242,93 +121,6 @@ class TrainResult:
     meta: dict[str, Any]
     history: pd.DataFrame
     metrics: dict[str, Any]
-
-
-# --------------------------------------------------------------------------- data
-
-
-def evaluation_batch_size(batch_size: int) -> int:
-    """Batch size without gradients: larger than in training, at least 64.
-
-    For :func:`refresh_batch_norm` larger batches also matter for accuracy: there each
-    layer normalises with its batch's statistics, which approach the population ones that
-    evaluation uses as batches grow.
-    """
-    return max(64, 2 * batch_size)
-
-
-def validation_counterfactuals(
-    data: CropCells, audit: ValidationAudit, max_cells: int, seed: int
-) -> Counterfactuals:
-    """The audit's two counterfactuals of up to ``max_cells`` cells of ``data`` (a seeded
-    choice, in store order), made once and kept in memory as float16 (as crops are stored):
-    ``max_cells`` x 2 x C x Z x Y x X x 2 bytes, 1.8 GB for 256 paper-sized (5x21x128x128)
-    crops. Raises :class:`InputError` when a cell's plate has no fill, or an empty one.
-    """
-    pick = np.sort(np.random.default_rng(seed).permutation(len(data))[:max_cells])
-    subset = data.subset(pick)
-    cell_alone = context_alone = None
-    for number in np.unique(subset.store_index):
-        at = np.flatnonzero(subset.store_index == number)
-        store = CropStore.open(subset.stores[number])
-        rows = subset.row[at]
-        cells = store.cells.iloc[rows]
-        plate = str(cells["Metadata_Plate"].iloc[0])
-        fill = audit.fills.get(plate)
-        if fill is None or len(fill) == 0:
-            raise InputError(
-                f"{store.path}: plate {plate!r} has {'no' if fill is None else 'an empty'} neutral fill "
-                "for the validation audit"
-            )
-        if cell_alone is None:
-            cell_alone = torch.empty((len(subset), *store.images.shape[1:]), dtype=torch.float16)
-            context_alone = torch.empty_like(cell_alone)
-        seeds = audit_seeds(cells, audit.seed)
-        for lo in range(0, len(rows), COUNTERFACTUAL_BLOCK):  # float32 working copies per block
-            block = slice(lo, lo + COUNTERFACTUAL_BLOCK)
-            without_cell, without_context = counterfactual_crops(
-                np.asarray(store.images[rows[block]], np.float32),
-                np.asarray(store.masks[rows[block]]),
-                fill,
-                audit.cell_margin,
-                seeds[block],
-            )
-            cell_alone[at[block]] = torch.from_numpy(without_context).half()
-            context_alone[at[block]] = torch.from_numpy(without_cell).half()
-    if cell_alone is None:
-        cell_alone = context_alone = torch.zeros((0,), dtype=torch.float16)
-    return Counterfactuals(cell_alone, context_alone, subset.labels)
-
-
-def cell_loader(
-    dataset: CropCells,
-    batch_size: int,
-    num_workers: int,
-    device: torch.device,
-    seed: int,
-    sampler: BalancedDraws | None = None,
-    drop_last: bool = False,
-) -> DataLoader:
-    """The data path of training and evaluation: batches of :class:`gradcamo.data.CellBatch`.
-
-    The CPU side (the main process or ``num_workers`` workers) only reads and stacks the
-    float16 crops (:meth:`CropCells.__getitems__`), pinned on CUDA; ``batch.to(device)``
-    converts to float32 and applies each draw's augmentation on the device. An explicit
-    generator keeps the DataLoader from drawing on torch's global RNG.
-    """
-    # Batches come whole from CropCells.__getitems__ (float16 as stored, augmentation
-    # parameters beside them); CellBatch.to moves and augments them on the device.
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        collate_fn=as_batch,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed),
-    )
 
 
 # --------------------------------------------------------------------------- loops
@@ -400,120 +192,6 @@ def train_one_epoch(
         stats.penalty_share = weighted_sum / total_sum if total_sum > 0 else 0.0
         stats.zero_maps = float(zero_maps)
     return stats
-
-
-@torch.no_grad()
-def refresh_batch_norm(
-    model: nn.Module,
-    dataset: CropCells,
-    batch_size: int,
-    device: torch.device,
-    amp: torch.dtype | None = None,
-) -> None:
-    """Replace the batch-norm running statistics by their average over ``dataset``.
-
-    MONAI's EfficientNet keeps TensorFlow's batch-norm momentum (0.01): the running
-    statistics that evaluation uses start at (0, 1) and need thousands of steps to forget
-    that start, while normalised crops have variances near 0.01; evaluated before they
-    settle, every block shrinks its input and the logits stop depending on the cell.
-    Recomputing them with the current weights ("precise BN") fixes that at any training
-    length. Unlike :func:`torch.optim.swa_utils.update_bn`, only the batch-norm layers are
-    put in training mode: dropout and drop-connect stay off as in evaluation, so the
-    statistics describe the activations evaluation sees. Batches hold >= 2 cells.
-    """
-    drop_last = len(dataset) >= batch_size
-    batches = (
-        batch.to(device)[0]
-        for batch in cell_loader(dataset, batch_size, 0, device, seed=0, drop_last=drop_last)
-    )
-    refresh_batch_norm_on(model, batches, device, amp)
-
-
-def refresh_batch_norm_on(
-    model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device, amp: torch.dtype | None = None
-) -> None:
-    """:func:`refresh_batch_norm` over ``batches`` of crops ``(N, C, Z, Y, X)`` on ``device``."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:  # group norm: nothing to refresh
-        return
-    was_training = model.training
-    model.eval()
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the batches
-        norm.train()
-    for images in batches:
-        with torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None):
-            model(images)
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
-    model.train(was_training)
-
-
-def predict(
-    model: nn.Module,
-    dataset: CropCells,
-    batch_size: int,
-    device: torch.device,
-    amp: torch.dtype | None = None,
-    num_workers: int = 0,
-) -> np.ndarray:
-    """Logits ``(N, num_classes)`` float32 of every cell of ``dataset`` (eval mode, as stored)."""
-    batches = cell_loader(dataset, batch_size, num_workers, device, seed=0)
-    return _logits(model, (batch.to(device)[0] for batch in batches), device, amp)
-
-
-def predict_crops(
-    model: nn.Module,
-    crops: torch.Tensor,
-    batch_size: int,
-    device: torch.device,
-    amp: torch.dtype | None = None,
-) -> np.ndarray:
-    """Logits ``(N, num_classes)`` float32 of in-memory crops ``(N, C, Z, Y, X)`` (eval mode)."""
-    batches = (
-        crops[start : start + batch_size].to(device).float() for start in range(0, len(crops), batch_size)
-    )
-    return _logits(model, batches, device, amp)
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, batches, device: torch.device, amp: torch.dtype | None) -> np.ndarray:
-    """The eval-mode logits of float32 image batches on ``device``, stacked ``(N, classes)``."""
-    model.eval()
-    out = []
-    for images in batches:
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out.append(model(images).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model._fc.out_features), np.float32)
-
-
-def audit_accuracies(
-    model: nn.Module,
-    counterfactuals: Counterfactuals | None,
-    batch_size: int,
-    device: torch.device,
-    amp: torch.dtype | None = None,
-) -> tuple[float, float]:
-    """``(accuracy from the cell alone, accuracy from the context alone)``; NaN without cells."""
-    if counterfactuals is None or len(counterfactuals.labels) == 0:
-        return float("nan"), float("nan")
-    labels = counterfactuals.labels
-    return tuple(
-        float(np.mean(predict_crops(model, crops, batch_size, device, amp).argmax(1) == labels))
-        for crops in (counterfactuals.cell_alone, counterfactuals.context_alone)
-    )
-
-
-def selection_score(
-    select_by: str, val_accuracy: float, val_loss: float, cell_accuracy: float
-) -> tuple[float, ...]:
-    """What the best epoch is chosen by, compared as a tuple: ``(val accuracy, -val loss)``,
-    or with ``cell_accuracy`` ``(accuracy from the cell alone, val accuracy, -val loss)``."""
-    if select_by == "cell_accuracy":
-        return (cell_accuracy, val_accuracy, -val_loss)
-    return (val_accuracy, -val_loss)
 
 
 # --------------------------------------------------------------------------- the whole stage
