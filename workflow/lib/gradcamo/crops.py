@@ -23,6 +23,11 @@ intermediate files are then bounded by wells x ``cells_per_well``, not by its ce
 
 Axes: z-stacks ``(Z, C, Y, X)``, labels ``(Z, Y, X)``, crops ``(N, C, Z, Y, X)``, masks
 ``(N, Z, Y, X)``.
+
+One module because the crop geometry, the cell table, the sample and the well's two-pass
+store writer (:func:`write_well_store`, over 100 lines) are the one path from a labelled
+site to its crops, and the profile stage's :func:`crop_batches` must make the stored crops
+to the last bit: split, the two would drift apart.
 """
 
 from __future__ import annotations

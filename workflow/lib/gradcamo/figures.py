@@ -5,6 +5,9 @@ Every ``*_figure`` function takes arrays or tables and returns a
 :class:`matplotlib.figure.Figure` (no pyplot state, no backend needed); :func:`save_figure`
 writes it atomically. :func:`umap_embedding` computes the 2-D layouts the UMAP figures
 draw, :func:`read_gallery_cells` reads the gallery's crops and attribution maps.
+
+One module because it is one figure per function, sharing the treatment colours, the method
+labels and the scatter and message helpers: splitting would scatter that shared style.
 """
 
 from __future__ import annotations

@@ -39,6 +39,10 @@ The audit's columns are NaN (predictions empty) when ``profile.audit`` is off.
 Columns follow the image-based profiling convention (pycytominer, CytoTable): every column
 not starting with ``Metadata_`` is a feature. A well without cells gives the same columns
 and dtypes with zero rows.
+
+One module because every function builds, checks or writes this one table, filled in one
+pass over a well's cells (:func:`profile_batches`, about 170 lines); its column list above
+is the contract the aggregate stage reads.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ Everything is a pure function of a :class:`numpy.random.Generator`; the generato
 site is seeded from ``(seed, plate, well, site)`` (:func:`site_seed`), so sites do not
 depend on the order they are made in. Axes: images ZCYX, labels ZYX; the voxel size is
 :data:`VOXEL_SIZE` (Z, Y, X) µm.
+
+One module because the dataset is one seeded generator: placement, traits, rendering and
+camera draw from a site's generator in a fixed order that fixes every voxel, an order kept
+in view in one file; the sample sheet and the writer only say where its sites go.
 """
 
 from __future__ import annotations
