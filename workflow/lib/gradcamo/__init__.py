@@ -36,6 +36,8 @@ One module per concern; none of them knows about Snakemake:
 - :mod:`gradcamo.summary`      -- the run's summary; :mod:`gradcamo.audit_summary`, its audit.
 - :mod:`gradcamo.evaluation`   -- mean average precision with copairs.
 - :mod:`gradcamo.figures`      -- PNG figures.
+- :mod:`gradcamo.studies`      -- the validation studies' logic (attribution, evidence, penalty),
+  run as jobs by the studies' workflow (``workflow/studies``).
 """
 
 __version__ = "0.2.0"

@@ -69,13 +69,23 @@ def complete_config(config: Mapping[str, Any]) -> dict:
     InputError: naming the key that fails the schema, or a renamed key and its new name.
     """
     check_renamed_keys(config)
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    return complete_with_schema(config, yaml.safe_load(SCHEMA_PATH.read_text()))
+
+
+def complete_with_schema(config: Mapping[str, Any], schema: Mapping[str, Any], what: str = "config") -> dict:
+    """A deep copy of ``config`` validated against ``schema`` (a JSON schema), with every
+    default filled in (the studies' configuration uses it with its own schema).
+
+    Raises
+    ------
+    InputError: ``<what> key 'a.b': <why>``, naming the first key that fails.
+    """
     completed = yaml.safe_load(yaml.safe_dump(dict(config)))  # a deep copy, plain types
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(completed))
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise InputError(f"config key {where!r}: {error.message}")
+        raise InputError(f"{what} key {where!r}: {error.message}")
     return completed
 
 

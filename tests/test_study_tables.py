@@ -1,23 +1,22 @@
-"""The validation studies' own pieces (bench/validate_attribution.py, bench/validate_penalty.py;
-the studies themselves run in `make validate`, not in CI): the cell-context stores and the
-shortcut-free counterparts they derive, and the separation figure."""
+"""The validation studies' own pieces (gradcamo.studies; the studies' workflow is
+tests/test_studies.py): the cell-context stores and the shortcut-free counterparts they
+derive, and the tables they write."""
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from gradcamo import crops
 from gradcamo.config import load_config
 from gradcamo.store import CropStore
+from gradcamo.studies import attribution, evidence, penalty, variants
 from test_crops import CHANNELS, CROP, METADATA, PLATE_SCOPE, cube_labels, write_site
 
 REPO = Path(__file__).resolve().parents[1]
-STUDY = runpy.run_path(str(REPO / "bench" / "validate_attribution.py"))
-PENALTY_STUDY = runpy.run_path(str(REPO / "bench" / "validate_penalty.py"))
 
 
 def test_cell_context_store_equals_the_crop_stage_with_context_cell(tmp_path):
@@ -29,7 +28,7 @@ def test_cell_context_store_equals_the_crop_stage_with_context_cell(tmp_path):
     crops.write_well_store(
         tmp_path / "cell", sites, METADATA, CHANNELS, CROP, **common, context="cell", context_fill=fill
     )
-    derived = STUDY["cell_context_store"](tmp_path / "full", tmp_path / "derived", fill, 1, 3)
+    derived = variants.cell_context_store(tmp_path / "full", tmp_path / "derived", fill, 1, 3)
     expected, got = CropStore.open(tmp_path / "cell"), CropStore.open(derived)
     np.testing.assert_array_equal(got.images, expected.images)
     np.testing.assert_array_equal(got.masks, expected.masks)
@@ -55,7 +54,7 @@ def test_separation_is_in_units_of_the_seeds_spread():
                 "share_above_0.5": cheat,
             },
         ]
-    separation = STUDY["separation"](pd.DataFrame(rows), "share_above_0.5", "confounded", "clean")
+    separation = attribution.separation(pd.DataFrame(rows), "share_above_0.5", "confounded", "clean")
     assert separation[("layercam", "_blocks.0")] == pytest.approx(0.4 / 0.1)
 
 
@@ -65,7 +64,9 @@ def test_shortcut_free_counterparts_are_the_workflows_crops_of_the_same_cells(mi
     split = pd.read_csv(mini_run / "results/split/wells.tsv", sep="\t", dtype=str)
     test = split[split.split == "test"].head(1)
     config = load_config(mini_run / "config" / "config.yaml")
-    paths = PENALTY_STUDY["counterpart_stores"](mini_run, REPO / "resources" / "mini", test, config, tmp_path)
+    clean_sheet = pd.read_csv(REPO / "resources" / "mini" / "samples.tsv", sep="\t")
+    clean_sheet["image"] = [str(REPO / "resources" / "mini" / p) for p in clean_sheet.image]
+    paths = variants.counterpart_stores(mini_run, clean_sheet, test, config, tmp_path)
     (plate, well), path = next(iter(paths.items()))
     got, expected = CropStore.open(path), CropStore.open(mini_run / "results/crops" / plate / well)
     assert len(got) == len(expected) > 0
@@ -91,8 +92,8 @@ def test_penalty_summary_gives_each_setting_its_means_seeds_and_clean_cost():
             {"setting": "weight 1", "seed": seed, "variant": "clean", "test_accuracy": clean},
         ]
     rows.append({"setting": "weight 0", "seed": 0, "variant": "clean", "test_accuracy": 0.65})
-    lines = PENALTY_STUDY["summary_markdown"](pd.DataFrame(rows)).splitlines()
-    weight0, weight1 = lines[2], lines[3]  # in the study's order of settings
+    lines = penalty.summary_markdown(pd.DataFrame(rows), order=["weight 0", "weight 1"]).splitlines()
+    weight0, weight1 = lines[2], lines[3]  # in the study's order of settings, not the rows'
     assert weight0.startswith("| weight 0 |") and weight0.endswith("| 0.65 | 0 / 1 |")
     assert weight1.startswith("| weight 1 | 0.30±0.14 | 0.30±0.14 | 0.30±0.14 | 0.30±0.00 |")
     assert weight1.endswith("| 0.62±0.03 | 2 / 2 |")
@@ -128,14 +129,14 @@ def test_penalty_study_judges_each_setting_against_weight_0_on_the_same_seeds():
     ]
     # a seed weight 0 lacks is not compared
     rows.append(_confounded_row("weight 1", 2, 0.9, 0.9, 0.9))
-    deltas = PENALTY_STUDY["against_weight_0"](pd.DataFrame(rows)).set_index(["setting", "seed"])
+    deltas = penalty.against_weight_0(pd.DataFrame(rows)).set_index(["setting", "seed"])
     assert deltas.loc[("weight 1", 0), "share_above_0.5_integrated_gradients"] == pytest.approx(0.25)
     assert deltas.loc[("weight 1", 1), "cell_reliance"] == pytest.approx(0.25)
     assert deltas.loc[("weight 1", 1), "shortcut_free_accuracy"] == pytest.approx(0.2)
     assert deltas.loc[("weight 1", 0), "clean_cost"] == pytest.approx(0.01)
     assert np.isnan(deltas.loc[("weight 1", 2), "cell_reliance"])
     assert deltas.loc[("weight 10", 1), "clean_cost"] == pytest.approx(0.2)
-    lines = PENALTY_STUDY["summary_markdown"](pd.DataFrame(rows)).splitlines()
+    lines = penalty.summary_markdown(pd.DataFrame(rows)).splitlines()
     weight1 = next(line for line in lines if line.startswith("| weight 1 | 0.250"))
     assert weight1.endswith("| 0.010±0.000 | 2 | yes |")
     # a high share of a model that lost its cell reliance and its accuracy does not pass
@@ -159,7 +160,7 @@ def test_penalty_study_measures_the_bar_on_the_reference_models():
             "context_reliance": [0.01, 0.03, 0.0],
         }
     )
-    reference = PENALTY_STUDY["reference_against_weight_0"](pd.DataFrame(rows), cell_models).set_index("seed")
+    reference = penalty.reference_against_weight_0(pd.DataFrame(rows), cell_models).set_index("seed")
     assert list(reference.index) == [0, 1]
     assert reference.loc[0, "cell_reliance"] == pytest.approx(0.30)
     assert reference.loc[1, "shortcut_free_accuracy"] == pytest.approx(-0.04)  # 0.56 against 0.60
@@ -173,7 +174,7 @@ def test_penalty_study_measures_the_bar_on_the_reference_models():
             "context_reliance": [0.1, 0.1],
         }
     )
-    lines = PENALTY_STUDY["summary_markdown"](
+    lines = penalty.summary_markdown(
         pd.DataFrame(rows), {"cell": cell_models, "clean": clean_models}
     ).splitlines()
     # the clean model, as the weight 0 clean rows are, costs nothing on the clean variant
@@ -186,72 +187,16 @@ def test_penalty_study_measures_the_bar_on_the_reference_models():
         == "| no context (`crops.context: cell`) | +0.200±0.141 | 0.020 | +0.040±0.113 | 0.060±0.028 | 2 |"
     )
     # without the attribution study's models the summary has no such line
-    assert not any(
-        "no context" in line for line in PENALTY_STUDY["summary_markdown"](pd.DataFrame(rows)).splitlines()
-    )
+    assert not any("no context" in line for line in penalty.summary_markdown(pd.DataFrame(rows)).splitlines())
 
 
 def test_study_grid_smooths_only_the_input_level_maps():
-    rows = STUDY["grid"]((1.0, 0.65, 0.65))
+    rows = attribution.grid((1.0, 0.65, 0.65))
     smoothed = [(m, label, s) for m, label, s in rows if max(s) > 0]
     assert smoothed and all(label.startswith("input, sigma") for _, label, _ in smoothed)
     assert {m for m, _, _ in smoothed} == {"input_x_gradient", "integrated_gradients"}
     assert ("integrated_gradients", "input", (0.0, 0.0, 0.0)) in rows  # the unsmoothed map too
     assert ("integrated_gradients", "input, sigma 1", pytest.approx((0.65, 1.0, 1.0))) in rows
-
-
-def test_penalty_study_reuses_only_rows_and_models_trained_with_the_current_recipe(tmp_path):
-    from gradcamo.model import build_model, save_checkpoint
-
-    config = load_config(REPO / ".test" / "config" / "config.yaml")
-    setting_train, recipe_key = PENALTY_STUDY["setting_train"], PENALTY_STUDY["recipe_key"]
-    key = recipe_key(setting_train(config, "weight 1", 0), config["crops"])
-    assert key != recipe_key(setting_train(config, "weight 1", 1), config["crops"])
-    assert key != recipe_key(setting_train(config, "weight 0", 0), config["crops"])
-    before = {**config, "train": {**config["train"], "warmup_fraction": 0.05}}  # an older mini config
-    rows = [
-        {"setting": "weight 1", "seed": 0, "variant": "confounded", "recipe": key},
-        {"setting": "weight 1", "seed": 0, "variant": "clean", "recipe": float("nan")},  # no recipe
-        {
-            "setting": "weight 1",
-            "seed": 1,
-            "variant": "confounded",
-            "recipe": recipe_key(setting_train(before, "weight 1", 1), before["crops"]),
-        },
-        {"setting": "weight 99", "seed": 0, "variant": "confounded", "recipe": key},  # gone
-    ]
-    keep, stale = PENALTY_STUDY["current_rows"](rows, config)
-    assert keep == rows[:1] and stale == rows[1:]
-
-    # the attribution study's clean models stand in for weight 0 only if trained so
-    models = tmp_path / "models"
-    models.mkdir()
-    table = tmp_path / "models.tsv"
-    pd.DataFrame(
-        {"kind": ["clean", "clean", "cell"], "seed": [0, 1, 0], "test_accuracy": [0.7, 0.6, 0.5]}
-    ).to_csv(table, sep="\t", index=False)
-    meta = {
-        "variant": "b0",
-        "channels": list(config["channels"]),
-        "classes": ["A", "B"],
-        "crop_shape": [8, 16, 16],
-    }
-    meta["normalization"] = {}
-    model = build_model("b0", len(meta["channels"]), 2, meta["crop_shape"])
-    for seed, source in ((0, config), (1, before)):
-        recipe = {"train": {**source["train"], "seed": seed}, "crops": source["crops"], "kind": "clean"}
-        save_checkpoint(models / f"clean-seed{seed}.pt", model, {**meta, "study_recipe": recipe})
-    clean = PENALTY_STUDY["attribution_models"](models, table, config, "clean")
-    reused = PENALTY_STUDY["unpenalised_clean_rows"](clean, [])
-    assert reused == [
-        {
-            "setting": "weight 0",
-            "seed": 0,
-            "variant": "clean",
-            "test_accuracy": 0.7,
-            "recipe": recipe_key(setting_train(config, "weight 0", 0), config["crops"]),
-        }
-    ]
 
 
 def test_attribution_summary_puts_the_shuffled_baseline_beside_each_share():
@@ -287,37 +232,38 @@ def test_attribution_summary_puts_the_shuffled_baseline_beside_each_share():
             },
         }
     )
-    lines = STUDY["summary_markdown"](table, models).splitlines()
+    lines = attribution.summary_markdown(table, models).splitlines()
     assert "shuffled baseline" in lines[0] and lines[0].count("|") == lines[1].count("|") == 9
     assert lines[2].startswith(
         "| integrated_gradients | input | 0.35±0.07 / 0.10±0.07 / 0.85±0.07 "
         "| 0.10±0.00 / 0.00±0.00 / 0.60±0.00 |"
     )
     # a table from before the column still prints
-    older = STUDY["summary_markdown"](table.drop(columns="share_above_0.5_shuffled"), models).splitlines()
+    older = attribution.summary_markdown(table.drop(columns="share_above_0.5_shuffled"), models).splitlines()
     assert older[2].startswith(
         "| integrated_gradients | input | 0.35±0.07 / 0.10±0.07 / 0.85±0.07 | – / – / – |"
     )
 
 
 def test_every_penalty_setting_is_a_train_section_the_schema_accepts():
-    """Each study setting, merged into the mini config's ``train``, passes the config schema
-    (unknown keys and out-of-range values are refused there): a typo in a setting would
-    otherwise surface only when the study reaches it, hours in."""
+    """Each default setting of the studies' schema, merged into the mini config's ``train``,
+    passes the config schema (unknown keys and out-of-range values are refused there); the
+    studies' workflow checks the same at parse time, so a typo in a setting is named before
+    any job runs, not hours in."""
     from snakemake.utils import validate
 
     config = load_config(REPO / ".test" / "config" / "config.yaml")
     schema = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
-    for setting in PENALTY_STUDY["SETTINGS"]:
-        train = PENALTY_STUDY["setting_train"](config, setting, 2)
+    studies = yaml.safe_load((REPO / "workflow/studies/schemas/config.schema.yaml").read_text())
+    settings = studies["properties"]["penalty"]["properties"]["settings"]["default"]
+    assert "weight_0" in settings and settings["weight_0"]["train"] == {}
+    for setting in settings.values():
+        train = penalty.setting_train(config["train"], setting["train"], 2)
         validate({**config, "train": train}, schema, set_default=False)
         assert train["seed"] == 2
     with pytest.raises(Exception, match="weigth"):
         typo = {**config["train"], "attention_penalty": {"weigth": 1.0}}
         validate({**config, "train": typo}, schema, set_default=False)
-
-
-EVIDENCE_STUDY = runpy.run_path(str(REPO / "bench" / "validate_evidence.py"))
 
 
 def test_evidence_curve_reads_each_gate_over_the_cells_it_keeps():
@@ -343,7 +289,7 @@ def test_evidence_curve_reads_each_gate_over_the_cells_it_keeps():
                 }
             )
     cells = pd.DataFrame(rows)
-    curve = EVIDENCE_STUDY["curve"](cells, "DMSO", grid=(-1.0, 0.05))
+    curve = evidence.curve(cells, "DMSO", grid=(-1.0, 0.05))
     ungated = curve[curve.min_evidence == -1.0].iloc[0]
     gated = curve[curve.min_evidence == 0.05].iloc[0]
     assert ungated.kept == 1.0 and ungated.share_above == 0.5
