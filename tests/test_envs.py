@@ -17,6 +17,7 @@ import yaml
 from conftest import REPO
 
 RULES = REPO / "workflow" / "rules"
+STUDY_RULES = REPO / "workflow" / "studies" / "rules"  # the validation studies' workflow
 LIB = REPO / "workflow" / "lib"
 # import name -> package name on conda-forge / PyPI
 PACKAGE_OF = {
@@ -32,7 +33,7 @@ NOT_PACKAGES = {"snakemake", "gradcamo"}  # injected by Snakemake / on PYTHONPAT
 
 def _rules() -> dict[str, dict]:
     rules = {}
-    for smk in sorted(RULES.glob("*.smk")):
+    for smk in sorted(RULES.glob("*.smk")) + sorted(STUDY_RULES.glob("*.smk")):
         text = smk.read_text()
         blocks = re.split(r"^rule (\w+):", text, flags=re.M)
         for name, body in zip(blocks[1::2], blocks[2::2]):

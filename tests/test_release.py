@@ -43,6 +43,7 @@ def test_the_catalog_metadata():
     assert sorted(p.name for p in (REPO / "workflow" / "envs").glob("*.yaml")) == [
         "analysis.yaml",
         "segmentation.yaml",
+        "snakemake.yaml",
         "torch.yaml",
     ]
 

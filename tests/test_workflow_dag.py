@@ -101,9 +101,9 @@ def test_lint_is_clean():
 @pytest.mark.parametrize(
     "command",
     [
-        ["snakefmt", "--check", "workflow/Snakefile", "workflow/rules"],
-        ["ruff", "check", "workflow", "bench", "tests"],
-        ["ruff", "format", "--check", "workflow", "bench", "tests"],
+        ["snakefmt", "--check", "workflow/Snakefile", "workflow/rules", "workflow/studies"],
+        ["ruff", "check", "workflow", "bench", "tools", "tests"],
+        ["ruff", "format", "--check", "workflow", "bench", "tools", "tests"],
     ],
     ids=["snakefmt", "ruff-check", "ruff-format"],
 )
