@@ -32,6 +32,6 @@ step python3 bench/bench_gradcam.py --device cuda --batch 32 --shape 21 128 128 
 if [ -d results/crops ]; then
     for overrides in "$@"; do
         # shellcheck disable=SC2086 (one argument holds several KEY=VALUE words)
-        step python3 bench/train_on_crops.py --device cuda --set $overrides
+        step python3 tools/train_on_crops.py --device cuda --set $overrides
     done
 fi

@@ -10,7 +10,7 @@ not one the crops lack.
 
 Usage::
 
-    .venv/bin/python bench/baseline_cell_statistics.py --results .test/results
+    .venv/bin/python tools/baseline_cell_statistics.py --results .test/results
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other bench scripts' helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_on_crops beside it
 from train_on_crops import per_treatment_accuracy  # noqa: E402
 
 STATISTICS = ("mean", "sd", "cv", "p90")

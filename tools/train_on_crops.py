@@ -6,8 +6,8 @@ well split a workflow run has written, with the config's ``train`` section plus 
 
 Usage::
 
-    .venv/bin/python bench/train_on_crops.py --results results --set epochs=20 norm=group
-    python3 bench/train_on_crops.py --device cuda --set batch_size=32 learning_rate=0.004
+    .venv/bin/python tools/train_on_crops.py --results results --set epochs=20 norm=group
+    python3 tools/train_on_crops.py --device cuda --set batch_size=32 learning_rate=0.004
 """
 
 from __future__ import annotations
