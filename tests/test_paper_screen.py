@@ -24,10 +24,11 @@ import yaml
 from conftest import REPO, run_snakemake
 from gradcamo.config import load_config
 
-# The worker that runs the mini workflow runs this one after it (its xdist group): side by
-# side on CI's 2 cores the two runs slowed each other (the mini run's training took 3x as
-# long) and CI took about an hour; one after the other, the other worker's tests fill the gap.
-pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("mini_run")]
+# One xdist group, run after every other test but the studies' (conftest.LATE_GROUPS): the
+# worker that is not running the mini workflow takes it when its other tests are done. From
+# the start, side by side with the mini run, the two slowed each other (the mini run's
+# training took 3x as long); after the mini run on the same worker, CI took 51 minutes.
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("paper_run")]
 TEMPLATE = REPO / "config" / "config.yaml"
 OVERLAY = REPO / ".test" / "paper" / "config.yaml"
 CROP = (21, 128, 128)
