@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pandas as pd
 import torch
 from gradcamo.devices import choose_device
@@ -10,14 +9,14 @@ from gradcamo.logs import log_to
 from gradcamo.model import load_checkpoint
 from gradcamo.studies import kind_of
 from gradcamo.studies.attribution import score_model
+from gradcamo.studies.variants import read_wells
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = log_to(sm.log[0])
 torch.set_num_threads(sm.threads)
 device = choose_device(sm.resources.gpu)
 model, meta = load_checkpoint(sm.input.model)
-wells = pd.read_csv(sm.input.wells, sep="\t", dtype=str)
-fills = {plate: np.load(path) for plate, path in zip(wells.plate, wells.fill)}
+wells, fills = read_wells(sm.input.wells)
 rows, summary = score_model(
     kind_of(sm.wildcards.variant, sm.wildcards.context),
     int(sm.wildcards.seed),

@@ -13,6 +13,7 @@ from gradcamo.randomisation import randomisation_table
 from gradcamo.store import CropStore
 from gradcamo.studies import kind_of
 from gradcamo.studies.evidence import model_cells
+from gradcamo.studies.variants import read_wells
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = log_to(sm.log[0])
@@ -21,8 +22,7 @@ device = choose_device(sm.resources.gpu)
 kind, seed = kind_of(sm.wildcards.variant, sm.wildcards.context), int(sm.wildcards.seed)
 model, meta = load_checkpoint(sm.input.model)
 model = model.to(device).eval()
-wells = pd.read_csv(sm.input.wells, sep="\t", dtype=str)
-fills = {plate: np.load(path) for plate, path in zip(wells.plate, wells.fill)}
+wells, fills = read_wells(sm.input.wells)
 config = {
     "profile": sm.params.profile,
     "voxel_size": sm.params.voxel_size,

@@ -89,3 +89,12 @@ def counterpart_stores(
             seed=crops["fill"]["seed"],
         )
     return paths
+
+
+def read_wells(path: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """``(wells, fills)``: a study's well table (the split with columns ``store``, each
+    well's crop store, and ``fill``, its plate's fill) and the plates' fills (C×Z×Y×X) by
+    plate, as every study job reads them."""
+    wells = pd.read_csv(path, sep="\t", dtype=str)
+    fills = {plate: np.load(fill) for plate, fill in dict(zip(wells.plate, wells.fill)).items()}
+    return wells, fills
