@@ -53,8 +53,9 @@ import warnings
 
 import numpy as np
 import torch
+from gradcamo.attribution_methods import smoothing_sigmas
 from gradcamo.audit import counterfactual_crops, target_probabilities
-from gradcamo.gradcam import GradCamProfiler, smoothing_sigmas, upsample_cam
+from gradcamo.gradcam import GradCamProfiler, upsample_cam
 from gradcamo.model import build_model
 from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM

@@ -7,16 +7,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from gradcamo.attribution_methods import METHODS, smoothing_sigmas
 from gradcamo.errors import InputError
 from gradcamo.gradcam import (
-    METHODS,
     GradCamProfiler,
     attention_shares,
     gradcamo_score,
     layer_for_resolution,
     map_shapes,
     smooth_map,
-    smoothing_sigmas,
     upsample_cam,
 )
 from gradcamo.model import build_model, embedding_dim

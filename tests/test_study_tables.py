@@ -13,7 +13,7 @@ import yaml
 from gradcamo import crops
 from gradcamo.config import load_config
 from gradcamo.store import CropStore
-from gradcamo.studies import attribution, evidence, penalty, variants
+from gradcamo.studies import attribution, design, evidence, penalty, variants
 from test_crops import CHANNELS, CROP, METADATA, PLATE_SCOPE, cube_labels, write_site
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,7 +191,7 @@ def test_penalty_study_measures_the_bar_on_the_reference_models():
 
 
 def test_study_grid_smooths_only_the_input_level_maps():
-    rows = attribution.grid((1.0, 0.65, 0.65))
+    rows = design.grid((1.0, 0.65, 0.65))
     smoothed = [(m, label, s) for m, label, s in rows if max(s) > 0]
     assert smoothed and all(label.startswith("input, sigma") for _, label, _ in smoothed)
     assert {m for m, _, _ in smoothed} == {"input_x_gradient", "integrated_gradients"}
@@ -258,7 +258,7 @@ def test_every_penalty_setting_is_a_train_section_the_schema_accepts():
     settings = studies["properties"]["penalty"]["properties"]["settings"]["default"]
     assert "weight_0" in settings and settings["weight_0"]["train"] == {}
     for setting in settings.values():
-        train = penalty.setting_train(config["train"], setting["train"], 2)
+        train = design.setting_train(config["train"], setting["train"], 2)
         validate({**config, "train": train}, schema, set_default=False)
         assert train["seed"] == 2
     with pytest.raises(Exception, match="weigth"):

@@ -28,6 +28,7 @@ One module per concern; none of them knows about Snakemake:
 - :mod:`gradcamo.training`     -- the training loop (seeded, early-stopped) and its outputs.
 - :mod:`gradcamo.resume`       -- fingerprint, resume state and progress of training.
 - :mod:`gradcamo.metrics`      -- classification metrics of a split.
+- :mod:`gradcamo.attribution_methods` -- the maps by name; the smoothing's sigmas (torch-free).
 - :mod:`gradcamo.gradcam`      -- one-pass embedding + 3D attribution maps + Grad-CAMO.
 - :mod:`gradcamo.audit`        -- the counterfactual audit: the cell, or its context, replaced.
 - :mod:`gradcamo.profiles`     -- a well's profile table from its crop store.

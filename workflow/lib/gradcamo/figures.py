@@ -24,6 +24,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from gradcamo.attribution_methods import INPUT_METHODS
 from gradcamo.errors import InputError
 from gradcamo.io import atomic_path
 
@@ -44,8 +45,7 @@ def method_label(attribution_method: str, smoothing_sigma: float = 0.0) -> str:
     """How a figure names the map behind Grad-CAMO, e.g. ``integrated gradients (smoothed,
     sigma 1 voxel)``; smoothing applies to the input-level maps only."""
     label = METHOD_NAMES[attribution_method]
-    # gradcam.INPUT_METHODS, spelled out: this module runs in the torch-free analysis env.
-    if smoothing_sigma > 0 and attribution_method in ("input_x_gradient", "integrated_gradients"):
+    if smoothing_sigma > 0 and attribution_method in INPUT_METHODS:
         label += f" (smoothed, sigma {smoothing_sigma:g} voxel{'s' if smoothing_sigma != 1 else ''})"
     return label
 

@@ -59,18 +59,13 @@ from monai.networks.layers.convutils import gaussian_1d
 from monai.networks.nets.efficientnet import EfficientNet
 from torch import nn
 
+# The methods' names and the smoothing's sigmas live in a torch-free module (configs,
+# figures and the studies' workflow read them); the maps are computed here.
+from gradcamo.attribution_methods import INPUT_METHODS, METHODS, SINGLE_GRADIENT_METHODS
 from gradcamo.errors import InputError
 from gradcamo.store import MASK_BACKGROUND, MASK_CELL, MASK_OTHER
 
 Step = tuple[tuple[str, ...], Callable[[torch.Tensor], torch.Tensor]]
-
-#: Methods that explain the activations of a named layer.
-LAYER_METHODS = ("gradcam", "gradcampp", "hirescam", "layercam")
-#: Methods that explain the input voxels (no target layer).
-INPUT_METHODS = ("input_x_gradient", "integrated_gradients")
-METHODS = LAYER_METHODS + INPUT_METHODS
-#: Methods whose map comes from one gradient (the others integrate along a path).
-SINGLE_GRADIENT_METHODS = LAYER_METHODS + ("input_x_gradient",)
 
 
 def _padded(conv: nn.Module, padding: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -182,15 +177,6 @@ def attribution_map(method: str, activations: torch.Tensor, gradients: torch.Ten
     ``input_x_gradient``, non-negative already).
     """
     return F.relu(signed_attribution_map(method, activations, gradients))
-
-
-def smoothing_sigmas(sigma: float, voxel_size: Sequence[float]) -> tuple[float, float, float]:
-    """Per-axis Gaussian sigmas ``(Z, Y, X)`` in voxels for a sigma of ``sigma`` Y/X voxels:
-    the same physical width along Z (``voxel_size`` is ``(Z, Y, X)`` in micrometres)."""
-    if sigma < 0:
-        raise InputError(f"a smoothing sigma must be at least 0, got {sigma}")
-    vz, vy, vx = (float(v) for v in voxel_size)
-    return (sigma * vy / vz, float(sigma), sigma * vy / vx)
 
 
 def _checked_sigmas(sigma_zyx: Sequence[float]) -> tuple[float, float, float]:

@@ -34,9 +34,8 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets.efficientnet import EfficientNet
 
+from gradcamo.attribution_methods import INPUT_METHODS, SINGLE_GRADIENT_METHODS
 from gradcamo.gradcam import (
-    INPUT_METHODS,
-    SINGLE_GRADIENT_METHODS,
     layer_for_resolution,
     run_steps,
     signed_attribution_map,

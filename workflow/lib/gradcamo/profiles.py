@@ -59,6 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from gradcamo.attribution_methods import INPUT_METHODS, smoothing_sigmas
 from gradcamo.audit import audit_seeds, background_statistics, counterfactual_crops, target_probabilities
 from gradcamo.columns import (
     ATTENTION_COLUMNS,
@@ -73,12 +74,10 @@ from gradcamo.columns import (
 )
 from gradcamo.errors import InputError
 from gradcamo.gradcam import (
-    INPUT_METHODS,
     GradCamProfiler,
     attention_shares,
     gradcamo_score,
     layer_for_resolution,
-    smoothing_sigmas,
     uniform_gradcamo,
     upsample_cam,
 )

@@ -21,10 +21,10 @@ for var, default in (
 
 from gradcamo.config import complete_config, complete_with_schema
 from gradcamo.errors import InputError
-from gradcamo.gradcam import smoothing_sigmas
+# torch-free imports only: the workflow's DAG is built without the heavy libraries
+from gradcamo.attribution_methods import smoothing_sigmas
 from gradcamo.studies import KINDS
-from gradcamo.studies.attribution import grid
-from gradcamo.studies.penalty import merged
+from gradcamo.studies.design import grid, merged
 
 with open(workflow.source_path("../schemas/config.schema.yaml")) as _f:
     config.update(complete_with_schema(config, yaml.safe_load(_f), what="studies config"))

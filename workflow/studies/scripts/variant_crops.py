@@ -43,6 +43,9 @@ command = [
     "--snakefile", sm.params.snakefile,
     "--directory", str(project),
     "--cores", str(sm.threads),
+    # only this job runs in the variant's folder: a run killed by the cluster (preemption,
+    # time limit) leaves a lock and incomplete files that must not stop the retry
+    "--nolock", "--rerun-incomplete",
     *sm.params.deployment,
 ]  # fmt: skip
 log.info("the main workflow on %d wells of %s: %s", len(wells), sheet_path, " ".join(command))

@@ -1,6 +1,8 @@
 """The validation studies that chose the workflow's defaults, as functions on trained models,
 crop stores and tables (the studies' workflow, ``workflow/studies``, runs them as jobs):
 
+- :mod:`~gradcamo.studies.design`: a study model's ``train`` section and the grid of maps
+  (no torch: the studies' workflow reads it when it builds its jobs);
 - :mod:`~gradcamo.studies.variants`: the crops a study derives from a workflow run's (the
   cell-context stores, the shortcut-free counterparts of the test wells);
 - :mod:`~gradcamo.studies.attribution`: which attribution method and layer make Grad-CAMO

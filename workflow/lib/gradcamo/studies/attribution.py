@@ -4,7 +4,7 @@ Three kinds of model (:data:`gradcamo.studies.KINDS`) are trained over seeds: ``
 (full-context crops of the clean variant: honest by construction), ``confounded`` (full
 context of the confounded variant: it can read the debris) and ``cell`` (the confounded
 variant with ``crops.context: cell``: the shortcut removed). :func:`score_model` profiles the
-test cells of one model with every method × layer of :func:`grid`
+test cells of one model with every method × layer of :func:`gradcamo.studies.design.grid`
 (:class:`gradcamo.gradcam.GradCamProfiler`) and runs the counterfactual audit once
 (:func:`gradcamo.profiles.profile_store`), scoring each map on the model's own crops.
 :func:`summary_markdown` reports per method × layer, as mean and SD over seeds: Grad-CAMO's
@@ -23,36 +23,13 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from gradcamo.gradcam import INPUT_METHODS, LAYER_METHODS, GradCamProfiler, smoothing_sigmas
+from gradcamo.attribution_methods import LAYER_METHODS
+from gradcamo.gradcam import GradCamProfiler
 from gradcamo.profiles import profile_store
 from gradcamo.store import CropStore
 from gradcamo.studies import KINDS
 
 log = logging.getLogger("gradcamo.studies")
-#: The study's layers (of the layer methods) and Y/X smoothing sigmas (of the input methods).
-LAYERS = ("_blocks.0", "_blocks.1", "_blocks.2")
-SMOOTHING = (0.0, 1.0)
-UNSMOOTHED = (0.0, 0.0, 0.0)
-
-
-def grid(
-    voxel_size,
-    methods: Sequence[str] | None = None,
-    layers: Sequence[str] = LAYERS,
-    smoothing: Sequence[float] = SMOOTHING,
-) -> list[tuple[str, str, tuple[float, float, float]]]:
-    """``(method, layer label, smoothing sigmas (Z, Y, X))`` of the study: every layer method
-    of ``methods`` (default: all) at every layer, and the input-level methods at every sigma
-    of ``smoothing`` (labelled ``input`` or ``input, sigma 1``)."""
-    chosen = set(LAYER_METHODS) | set(INPUT_METHODS) if methods is None else set(methods)
-    rows = [(m, layer, UNSMOOTHED) for m in LAYER_METHODS if m in chosen for layer in layers]
-    for method in INPUT_METHODS:
-        if method not in chosen:
-            continue
-        for sigma in smoothing:
-            label = "input" if sigma == 0 else f"input, sigma {sigma:g}"
-            rows.append((method, label, smoothing_sigmas(sigma, voxel_size)))
-    return rows
 
 
 def score_maps(profiler, store, fill, margin, device="cpu") -> dict:
@@ -74,8 +51,8 @@ def score_model(
 ) -> tuple[list[dict], dict]:
     """``(rows, summary)`` of one trained model on its test wells (``wells``: the split with
     each well's crop store, column ``store``; ``fills``: the plates' fills, C×Z×Y×X): a row
-    per method × layer of ``methods`` (:func:`grid`), and the model's accuracy and audit.
-    ``model`` is on ``device``."""
+    per method × layer of ``methods`` (:func:`gradcamo.studies.design.grid`), and the
+    model's accuracy and audit. ``model`` is on ``device``."""
     model = model.eval()
     test = wells[wells.split == "test"]
     stores = [CropStore.open(p) for p in test.store]

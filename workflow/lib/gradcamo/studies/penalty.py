@@ -23,7 +23,6 @@ that removed the whole context (docs/regulariser.md).
 
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import numpy as np
@@ -40,19 +39,6 @@ from gradcamo.store import CropStore
 MAPS = {"input_x_gradient": ("input_x_gradient", "input"), "layercam_blocks.0": ("layercam", "_blocks.0")}
 #: The label of the setting every other is compared with.
 BASELINE = "weight 0"
-
-
-def merged(base: dict, top: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in top.items():
-        out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def setting_train(train: dict, overrides: dict, seed: int) -> dict:
-    """The ``train`` settings of one model of the study: the base ``train`` section with the
-    setting's ``overrides`` and the seed."""
-    return merged(train, {**overrides, "seed": seed})
 
 
 def share_above(profilers, stores, device="cpu") -> float:
