@@ -19,15 +19,25 @@ for var, default in (
 ):
     os.environ.setdefault(var, str(Path(default).absolute()))
 
-from gradcamo.config import complete_config, complete_with_schema
+from gradcamo.config import SCHEMA_PATH, complete_config, complete_with_schema
 from gradcamo.errors import InputError
+from gradcamo.samples import coerce_to_schema
+
 # torch-free imports only: the workflow's DAG is built without the heavy libraries
 from gradcamo.attribution_methods import smoothing_sigmas
 from gradcamo.studies import KINDS
 from gradcamo.studies.design import grid, merged
 
 with open(workflow.source_path("../schemas/config.schema.yaml")) as _f:
-    config.update(complete_with_schema(config, yaml.safe_load(_f), what="studies config"))
+    _SCHEMA = yaml.safe_load(_f)
+# Nested --config values arrive as strings ("72" for 72): read them as the schema's types.
+config.update(complete_with_schema(coerce_to_schema(dict(config), _SCHEMA), _SCHEMA, what="studies config"))
+# ... and the keys of the main config inside it (main_overrides, the train overrides of the
+# study and of each setting) as the main schema's types.
+_MAIN_SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+config["main_overrides"] = coerce_to_schema(config["main_overrides"], _MAIN_SCHEMA)
+for _train in [config["train"]] + [s["train"] for s in config["penalty"]["settings"].values()]:
+    _train.update(coerce_to_schema(_train, _MAIN_SCHEMA["properties"]["train"]))
 
 
 def repo_path(path):
