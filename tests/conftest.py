@@ -70,9 +70,11 @@ def pytest_itemcollected(item):
 
 
 #: The other workflow runs, each one xdist group: the paper-geometry screen (about 10 minutes
-#: alone) and the studies' tiny instance (about 5). They come last, so that the worker that is
+#: alone) and the studies' tiny instance (about 7). They come last, so that the worker that is
 #: not running the mini run takes them once its other tests are done, while the mini run's
 #: worker is still in it; after the mini run on the same worker, they made CI 51 minutes.
+#: (Last in the order xdist sends groups out only with ``--no-loadscope-reorder``, which
+#: ``make test`` passes: by default xdist sends the groups with the most tests first.)
 LATE_GROUPS = ("paper_run", "studies")
 
 
