@@ -45,10 +45,8 @@ fixtures: setup
 # Two workers: the tests that read the session's run of the mini workflow (about 20 minutes,
 # tests/conftest.py puts them first, in one xdist group) on one, every other test beside it.
 TEST_WORKERS ?= 2
-# --no-loadscope-reorder: the groups go out in the order tests/conftest.py sorts them (the mini
-# run first, the paper screen and the studies' tiny run last), not largest first.
 test: setup fixtures
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The validation studies (workflow/studies, a Snakemake workflow; docs/validation.md,
 # docs/regulariser.md): the mini dataset's clean and confounded variants through the main

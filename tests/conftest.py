@@ -69,30 +69,10 @@ def pytest_itemcollected(item):
         item.add_marker(pytest.mark.xdist_group("mini_run"))
 
 
-#: The other workflow runs, each one xdist group: the paper-geometry screen (about 10 minutes
-#: alone) and the studies' tiny instance (about 7). They come last, so that the worker that is
-#: not running the mini run takes them once its other tests are done, while the mini run's
-#: worker is still in it; after the mini run on the same worker, they made CI 51 minutes.
-#: (Last in the order xdist sends groups out only with ``--no-loadscope-reorder``, which
-#: ``make test`` passes: by default xdist sends the groups with the most tests first.)
-LATE_GROUPS = ("paper_run", "studies")
-
-
-def _group(item) -> str | None:
-    marker = item.get_closest_marker("xdist_group")
-    return marker.args[0] if marker else None
-
-
 def pytest_collection_modifyitems(config, items):
-    """The mini run's tests first, so that its worker starts the run at once; the other
-    workflow runs (:data:`LATE_GROUPS`) last."""
-
-    def order(item) -> int:
-        if _reads_mini_run(item):
-            return 0
-        return 2 if _group(item) in LATE_GROUPS else 1
-
-    items.sort(key=order)  # stable: each part keeps its order
+    """The mini run's tests first, so that its worker starts the run at once (the paper
+    screen's and the studies' workflow runs join its group: see tests/test_paper_screen.py)."""
+    items.sort(key=lambda item: not _reads_mini_run(item))  # stable: each part keeps its order
 
 
 @pytest.hookimpl(trylast=True)

@@ -24,11 +24,11 @@ import yaml
 from conftest import REPO, run_snakemake
 from gradcamo.config import load_config
 
-# One xdist group, run after every other test but the studies' (conftest.LATE_GROUPS): the
-# worker that is not running the mini workflow takes it when its other tests are done. From
-# the start, side by side with the mini run, the two slowed each other (the mini run's
-# training took 3x as long); after the mini run on the same worker, CI took 51 minutes.
-pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("paper_run")]
+# The mini run's xdist group: its worker runs this after the mini workflow. Side by side on
+# CI's 2 cores two workflow runs slow each other far more than 2x (the mini run's training
+# took 3x as long at stop 38, and again this session when the paper screen and the studies'
+# tiny run were moved beside it); one after the other, the other worker's tests fill the gap.
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("mini_run")]
 TEMPLATE = REPO / "config" / "config.yaml"
 OVERLAY = REPO / ".test" / "paper" / "config.yaml"
 CROP = (21, 128, 128)

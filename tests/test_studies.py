@@ -19,8 +19,9 @@ from gradcamo.store import CropStore
 
 STUDIES = REPO / "workflow" / "studies"
 TINY = REPO / ".test" / "studies" / "config.yaml"
-# One worker runs the tiny instance once, for all its tests.
-pytestmark = pytest.mark.xdist_group("studies")
+# One worker runs the tiny instance once, for all its tests: the mini run's, after the mini
+# run and the paper screen (tests/test_paper_screen.py says why not beside them).
+pytestmark = pytest.mark.xdist_group("mini_run")
 
 
 def study(workdir: Path, *args: str, check: bool = True, timeout: int = 2400) -> subprocess.CompletedProcess:
