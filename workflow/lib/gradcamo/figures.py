@@ -26,7 +26,9 @@ from matplotlib.lines import Line2D
 
 from gradcamo.attribution_methods import INPUT_METHODS
 from gradcamo.errors import InputError
-from gradcamo.io import atomic_path
+from gradcamo.io import (
+    save_figure,  # noqa: F401 (the figure scripts write through it)
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +117,6 @@ def treatment_colours(treatments: Sequence[str]) -> dict[str, tuple]:
     names = sorted(set(map(str, treatments)))
     cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
-
-
-def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 150) -> None:
-    """Write ``figure`` as a PNG at ``path`` (atomically: no partial file on failure)."""
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
 
 
 def _message(ax, text: str) -> None:

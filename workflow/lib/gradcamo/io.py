@@ -109,3 +109,11 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
         tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZYX"}, compression="zlib")
     else:  # ImageJ hyperstacks cannot hold uint32
         tifffile.imwrite(path, data, metadata={"axes": "ZYX"}, compression="zlib")
+
+
+def save_figure(figure, path: str | os.PathLike, dpi: int = 150) -> None:
+    """Write a matplotlib ``figure`` as a PNG at ``path`` (atomically: no partial file on
+    failure). Here, not in :mod:`gradcamo.figures`, so that writing a figure does not import
+    UMAP (the studies' summary draws its curve without it)."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from gradcamo.io import atomic_path
+from gradcamo.io import save_figure
 from gradcamo.logs import log_to
 from gradcamo.studies import attribution, evidence, penalty
 from gradcamo.studies.provenance import provenance_line
@@ -13,12 +13,6 @@ from gradcamo.studies.provenance import provenance_line
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log = log_to(sm.log[0])
 out, p = sm.output, sm.params
-
-
-def save_figure(figure, path, dpi):
-    """The PNG, atomically (gradcamo.figures.save_figure's way, without its UMAP imports)."""
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
 
 
 def read_json(path):
